@@ -1,0 +1,15 @@
+"""Metrics for object-centric and autoencoding models, batched and device-agnostic.
+
+- :func:`ari`, :func:`fg_ari`: adjusted Rand index of a predicted segmentation (all pixels / foreground).
+- :func:`matched_miou`: mean IoU of true objects matched to predicted slots (Hungarian).
+- :func:`hungarian_match`: batched one-to-one matching, also used by matched set-prediction losses.
+- :func:`reconstruction_mse`: per-sample mean squared reconstruction error.
+
+Each returns one value per sample (``Tensor[B]``); reduce as you see fit.
+"""
+
+from deqkit.metrics.matching import hungarian_match
+from deqkit.metrics.reconstruction import reconstruction_mse
+from deqkit.metrics.segmentation import ari, fg_ari, matched_miou
+
+__all__ = ["ari", "fg_ari", "hungarian_match", "matched_miou", "reconstruction_mse"]
