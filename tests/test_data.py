@@ -368,3 +368,19 @@ def test_folder_errors_are_clear(tmp_path):
         ds[0]
     with pytest.raises(ValueError, match="split must be one of"):
         ImageFolderDataset(images, "dev", 16)
+
+
+def test_speed_benchmark_script_writes_json(tmp_path, monkeypatch, capsys):
+    import json
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "data_speed.py"
+    out = tmp_path / "speed.json"
+    monkeypatch.setattr(sys, "argv", [str(script), "--sizes", "32", "--items", "8", "--batch-size", "4",
+                                      "--repeats", "1", "--json", str(out)])
+    runpy.run_path(str(script), run_name="__main__")
+    rows = json.loads(out.read_text())["results"]
+    assert rows[0]["image_size"] == 32 and rows[0]["items_per_s"] > 0
+    assert "items/s" in capsys.readouterr().out

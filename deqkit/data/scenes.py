@@ -86,8 +86,8 @@ def sample_scene(config: SceneConfig, rng: np.random.Generator) -> Scene:
     names = [config.shapes[k] for k in shape]
     cover = rasterize(names, x, y, size, s)
     for _ in range(MAX_PLACEMENT_ROUNDS):
-        top, anything = _front_object(cover)
-        visible = np.bincount(top[anything], minlength=n)
+        front = _front_object(cover)
+        visible = np.bincount(front.ravel(), minlength=n + 1)[1:]
         area = cover.sum(axis=(1, 2))
         bad = np.flatnonzero((visible < config.min_visible_pixels) | (visible < config.min_visible_fraction * area))
         if bad.size == 0:
@@ -106,10 +106,14 @@ def sample_scene(config: SceneConfig, rng: np.random.Generator) -> Scene:
 
     # Instance ids: slot i shows the object painted at position depth[i].
     depth = rng.permutation(n)
-    slot_of_paint = np.argsort(depth)
-    mask = np.where(anything, slot_of_paint[top] + 1, 0).astype(np.int64)
+    mask_id = np.concatenate([[0], np.argsort(depth) + 1])  # paint position + 1 -> mask id
+    mask = mask_id[front]
     background = _sample_background(config, rng)
-    image = np.where(anything[None], color.T[:, top], background).astype(np.float32)
+    # One colour lookup per pixel; column 0 is the background (a placeholder when it is not flat).
+    lookup = np.concatenate([background[:, :1, 0], color.T], axis=1)
+    image = np.take(lookup, front, axis=1)
+    if background.shape[1:] != (1, 1):
+        image = np.where(front > 0, image, background)
     return Scene(
         image=image,
         mask=mask,
@@ -122,11 +126,12 @@ def sample_scene(config: SceneConfig, rng: np.random.Generator) -> Scene:
     )
 
 
-def _front_object(cover: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For coverage ``[n, H, W]`` in paint order: the frontmost covering object per pixel, and any-cover."""
+def _front_object(cover: np.ndarray) -> np.ndarray:
+    """For coverage ``bool [n, H, W]`` in paint order: ``[H, W]`` paint position + 1 of the frontmost
+    covering object, 0 where nothing covers. (A max over weighted uint8 planes; far faster than argmax.)"""
     n = cover.shape[0]
-    top = n - 1 - np.argmax(cover[::-1], axis=0)  # argmax finds the first True from the front
-    return top, cover.any(axis=0)
+    weights = np.arange(1, n + 1, dtype=np.min_scalar_type(n))[:, None, None]
+    return np.max(cover.view(np.uint8) * weights, axis=0)
 
 
 def _sample_colors(config: SceneConfig, rng: np.random.Generator, n: int) -> np.ndarray:
