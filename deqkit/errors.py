@@ -1,0 +1,25 @@
+"""Errors deqkit raises on purpose; each message is one line saying what was wrong and what would be right."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+
+class DeqkitError(Exception):
+    """Base class of deqkit's own errors (the CLI prints these as one line and exits non-zero)."""
+
+
+class ConfigError(DeqkitError, ValueError):
+    """An unknown option name or an invalid option value."""
+
+
+def unknown_choice(kind: str, got: object, valid: Iterable[str]) -> ConfigError:
+    """Build the error for a name that is not one of ``valid``, listing the valid ones."""
+    return ConfigError(f"unknown {kind} {got!r}; valid choices: {', '.join(sorted(valid))}")
+
+
+def reject_unknown_options(where: str, unknown: dict, valid: Iterable[str]) -> None:
+    """Raise a ConfigError naming the first unknown keyword option and the valid ones."""
+    if unknown:
+        key = next(iter(unknown))
+        raise ConfigError(f"unknown option {key!r} for {where}; valid options: {', '.join(sorted(valid))}")

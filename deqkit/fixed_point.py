@@ -1,0 +1,144 @@
+"""The entry points: ``fixed_point(f, z0, ...)`` and the ``FixedPoint`` module wrapping a step.
+
+The solve and the gradient are separate objects (a ``Solver`` and a ``BackwardEstimator``) that never see
+each other's internals. Gradients are recorded exactly when ``torch.is_grad_enabled()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from deqkit.backward import BackwardEstimator, resolve_backward
+from deqkit.errors import ConfigError, reject_unknown_options, unknown_choice
+from deqkit.pytree import State, flat_map, spec_of, tree_map
+from deqkit.solvers import Solver, resolve_solver
+from deqkit.solvers.base import STOP_MODES, SolveInfo, StopMode
+
+OPTIONS = ("solver", "backward", "tol", "max_iter", "stop_mode")
+
+
+def check_options(tol: float | None, max_iter: int, stop_mode: str) -> None:
+    """Validate the solve options shared by ``fixed_point`` and ``FixedPoint``."""
+    if tol is not None and not (isinstance(tol, (int, float)) and tol > 0):
+        raise ConfigError(f"tol={tol!r} is invalid; use a positive number, or None for a fixed iteration count")
+    if isinstance(max_iter, bool) or not (isinstance(max_iter, int) and max_iter >= 1):
+        raise ConfigError(f"max_iter={max_iter!r} is invalid; use an integer >= 1")
+    if stop_mode not in STOP_MODES:
+        raise unknown_choice("stop_mode", stop_mode, STOP_MODES)
+
+
+def fixed_point(
+    f: Callable[[State], State],
+    z0: State,
+    *,
+    solver: str | Solver = "anderson",
+    backward: str | BackwardEstimator = "ift",
+    tol: float | None = 1e-4,
+    max_iter: int = 50,
+    stop_mode: StopMode = "rel",
+    **unknown: Any,
+) -> tuple[State, SolveInfo]:
+    """Solve z = f(z) per sample from ``z0`` and return ``(z, info)`` with gradients from ``backward``.
+
+    ``f`` maps a state (tensor or pytree of tensors, batch first, samples independent) to a state of the
+    same structure and closes over its inputs and parameters. ``tol=None`` runs exactly ``max_iter``
+    iterations and returns the last iterate. Under ``torch.is_grad_enabled()`` the result carries the
+    chosen gradient; implicit estimators return f applied to the detached solution (one step past it).
+    """
+    reject_unknown_options("fixed_point", unknown, OPTIONS)
+    check_options(tol, max_iter, stop_mode)
+    solver_obj, estimator = resolve_solver(solver), resolve_backward(backward)
+    spec = spec_of(z0)
+    f_flat = flat_map(f, spec)
+    z0_flat = spec.flatten(z0)
+
+    def solve(z_init: torch.Tensor) -> tuple[torch.Tensor, SolveInfo]:
+        return solver_obj.solve(f_flat, z_init, tol=tol, max_iter=max_iter, stop_mode=stop_mode)
+
+    if torch.is_grad_enabled() and estimator.unrolled:
+        z, info = solve(z0_flat)
+    else:
+        with torch.no_grad():
+            z, info = solve(z0_flat.detach())
+        if torch.is_grad_enabled():
+            z = estimator.attach(f_flat, z)
+    return spec.unflatten(z), info
+
+
+@dataclass(frozen=True)
+class FixedPointRecord:
+    """The most recent forward of a ``FixedPoint``: its fixed point and inputs (detached) and the solve info."""
+
+    z: State
+    inputs: tuple
+    info: SolveInfo
+
+
+class FixedPoint(nn.Module):
+    """Wrap an iterative step ``step(z, *inputs) -> z`` as a fixed-point layer.
+
+    ``forward(z0, *inputs)`` returns ``(z, info)``. ``solver`` and ``backward`` may be changed between
+    calls (e.g. to compare the Neumann and IFT gradients of a trained model). ``last`` keeps the latest
+    fixed point and inputs so diagnostics can look at the step's Jacobian there: ``closure(*last.inputs)``.
+    """
+
+    def __init__(
+        self,
+        step: Callable[..., State],
+        *,
+        solver: str | Solver = "anderson",
+        backward: str | BackwardEstimator = "ift",
+        tol: float | None = 1e-4,
+        max_iter: int = 50,
+        stop_mode: StopMode = "rel",
+        **unknown: Any,
+    ):
+        super().__init__()
+        reject_unknown_options("FixedPoint", unknown, OPTIONS)
+        check_options(tol, max_iter, stop_mode)
+        self.step = step
+        self.solver = solver
+        self.backward = backward
+        self.tol, self.max_iter, self.stop_mode = tol, max_iter, stop_mode
+        self.last: FixedPointRecord | None = None
+
+    @property
+    def solver(self) -> Solver:
+        return self._solver
+
+    @solver.setter
+    def solver(self, value: str | Solver) -> None:
+        self._solver = resolve_solver(value)
+
+    @property
+    def backward(self) -> BackwardEstimator:
+        return self._backward
+
+    @backward.setter
+    def backward(self, value: str | BackwardEstimator) -> None:
+        self._backward = resolve_backward(value)
+
+    def closure(self, *inputs: Any) -> Callable[[State], State]:
+        """The map z -> step(z, *inputs) whose fixed point this layer finds."""
+        return lambda z: self.step(z, *inputs)
+
+    def forward(self, z0: State, *inputs: Any) -> tuple[State, SolveInfo]:
+        z, info = fixed_point(
+            self.closure(*inputs),
+            z0,
+            solver=self._solver,
+            backward=self._backward,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            stop_mode=self.stop_mode,
+        )
+        detach = lambda t: t.detach() if isinstance(t, torch.Tensor) else t  # noqa: E731
+        self.last = FixedPointRecord(z=tree_map(detach, z), inputs=tree_map(detach, inputs), info=info)
+        return z, info
+
+    def extra_repr(self) -> str:
+        return f"solver={self._solver}, backward={self._backward}, tol={self.tol}, max_iter={self.max_iter}, stop_mode={self.stop_mode!r}"

@@ -1,0 +1,102 @@
+"""Batch-first pytree states, flattened to one ``[B, D]`` matrix so solvers see plain vectors.
+
+A state is a tensor or any nesting of tuples, lists and dicts of tensors whose first dimension is the
+batch. Solvers, gradient estimators and diagnostics work on the flat ``[B, D]`` view and hand users back
+the structure they gave.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch.utils import _pytree as pytree
+
+State = Any  # a tensor or a pytree of tensors, batch first
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """The structure of a state: its tree and each leaf's per-sample shape and dtype."""
+
+    treedef: Any
+    shapes: tuple[torch.Size, ...]
+    dtypes: tuple[torch.dtype, ...]
+    batch: int
+    dtype: torch.dtype  # dtype of the flat view (promoted over the leaves)
+
+    @property
+    def numels(self) -> tuple[int, ...]:
+        return tuple(math.prod(s) for s in self.shapes)
+
+    @property
+    def dim(self) -> int:
+        """Per-sample size D of the flat view."""
+        return sum(self.numels)
+
+    def flatten(self, state: State) -> torch.Tensor:
+        """State -> ``[B, D]`` (a view when the state is a single tensor of the flat dtype)."""
+        leaves = pytree.tree_leaves(state)
+        if len(leaves) == 1:
+            return leaves[0].reshape(leaves[0].shape[0], -1).to(self.dtype)
+        return torch.cat([x.reshape(x.shape[0], -1).to(self.dtype) for x in leaves], dim=1)
+
+    def unflatten(self, flat: torch.Tensor) -> State:
+        """``[B, D]`` -> state with this spec's structure, shapes and dtypes."""
+        batch = flat.shape[0]
+        if len(self.shapes) == 1:
+            leaves = [flat.reshape(batch, *self.shapes[0]).to(self.dtypes[0])]
+        else:
+            parts = torch.split(flat, self.numels, dim=1)
+            leaves = [p.reshape(batch, *s).to(d) for p, s, d in zip(parts, self.shapes, self.dtypes)]
+        return pytree.tree_unflatten(leaves, self.treedef)
+
+
+def spec_of(state: State) -> StateSpec:
+    """Read the spec of a batch-first state; every leaf must be a floating tensor with the same batch size."""
+    leaves, treedef = pytree.tree_flatten(state)
+    if not leaves:
+        raise ValueError("the state has no tensors: pass a tensor or a tuple/list/dict of tensors")
+    for leaf in leaves:
+        if not isinstance(leaf, torch.Tensor):
+            raise TypeError(f"every leaf of the state must be a tensor, got {type(leaf).__name__}")
+        if leaf.dim() == 0:
+            raise ValueError("state tensors need a leading batch dimension, got a 0-d tensor")
+        if not (leaf.is_floating_point() or leaf.is_complex()):
+            raise TypeError(f"state tensors must be floating point, got {leaf.dtype}")
+    batches = {leaf.shape[0] for leaf in leaves}
+    if len(batches) != 1:
+        raise ValueError(f"all state tensors must share the batch dimension, got sizes {sorted(batches)}")
+    dtype = leaves[0].dtype
+    for leaf in leaves[1:]:
+        dtype = torch.promote_types(dtype, leaf.dtype)
+    return StateSpec(
+        treedef=treedef,
+        shapes=tuple(leaf.shape[1:] for leaf in leaves),
+        dtypes=tuple(leaf.dtype for leaf in leaves),
+        batch=leaves[0].shape[0],
+        dtype=dtype,
+    )
+
+
+def flat_map(f: Callable[[State], State], spec: StateSpec) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Wrap a state map ``f`` as a map on the flat ``[B, D]`` view described by ``spec``."""
+
+    def f_flat(z: torch.Tensor) -> torch.Tensor:
+        out = f(spec.unflatten(z))
+        out_spec = spec_of(out)
+        if out_spec.treedef != spec.treedef or out_spec.shapes != spec.shapes:
+            raise ValueError(
+                "f must return a state with the same structure and shapes as its input; "
+                f"got {out_spec.treedef} with shapes {list(out_spec.shapes)}, "
+                f"expected {spec.treedef} with shapes {list(spec.shapes)}"
+            )
+        return spec.flatten(out)
+
+    return f_flat
+
+
+tree_map = pytree.tree_map
+tree_leaves = pytree.tree_leaves

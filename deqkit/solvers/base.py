@@ -1,0 +1,166 @@
+"""What every forward solver shares: the result record and per-sample convergence bookkeeping.
+
+Solvers work on the flat ``[B, D]`` view of a state. Samples are independent: each one stops (and stops
+counting function evaluations) as soon as it converges or diverges, and returns its best iterate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+
+FlatMap = Callable[[torch.Tensor], torch.Tensor]
+StopMode = Literal["abs", "rel"]
+STOP_MODES = ("abs", "rel")
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class SolveInfo:
+    """What a solve did, per sample.
+
+    nfe: LongTensor [B], function evaluations each sample used.
+    residual: [B], residual of the returned iterate in the stop mode (abs: ‖f(z)−z‖, rel: ‖f(z)−z‖/‖f(z)‖).
+    converged: BoolTensor [B], residual ≤ tol.  diverged: BoolTensor [B], NaN/Inf or an exploding residual.
+    trace: [T, B], residual after each iteration; a stopped sample repeats its last value.
+    """
+
+    nfe: torch.Tensor
+    residual: torch.Tensor
+    converged: torch.Tensor
+    diverged: torch.Tensor
+    trace: torch.Tensor
+
+    @property
+    def iterations(self) -> int:
+        """Number of loop iterations the batch ran (the NFE of the slowest sample)."""
+        return self.trace.shape[0]
+
+
+def relative(abs_res: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
+    """‖f(z) − z‖ / ‖f(z)‖ per sample, from the abs residual [B] and f(z) [B, D]."""
+    return abs_res / (torch.linalg.vector_norm(fz, dim=1) + _EPS)
+
+
+class Progress:
+    """Per-sample residuals, stopping, best iterate and NFE over one solve.
+
+    ``observe(z, fz)`` is called once per evaluation of ``f``; ``next_state`` freezes samples that stopped at
+    their best iterate so they stop changing. Bookkeeping is kept to a few vector ops per iteration.
+    """
+
+    def __init__(self, z0: torch.Tensor, tol: float | None, stop_mode: StopMode, divergence_ratio: float):
+        batch = z0.shape[0]
+        self.tol = tol
+        self.rel = stop_mode == "rel"
+        self.divergence_ratio = divergence_ratio
+        self.active = torch.ones(batch, dtype=torch.bool, device=z0.device)
+        self.best_z = z0
+        self.best_res = torch.full((batch,), float("inf"), dtype=z0.real.dtype, device=z0.device)
+        self.limit: torch.Tensor | None = None
+        self.abs_res = self.best_res
+        self.residuals: list[torch.Tensor] = []
+        self.actives: list[torch.Tensor] = []
+
+    def observe(self, z: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
+        """Record the residual of ``z`` (given ``fz = f(z)``); returns the abs residual ‖f(z) − z‖ [B]."""
+        abs_res = torch.linalg.vector_norm(fz - z, dim=1)
+        res = relative(abs_res, fz) if self.rel else abs_res
+        self.actives.append(self.active)
+        self.residuals.append(res)
+        improved = res < self.best_res  # False for NaN; a frozen sample re-evaluates its best, never improves
+        self.best_res = torch.where(improved, res, self.best_res)
+        self.best_z = torch.where(improved[:, None], z, self.best_z)
+        if self.limit is None:
+            # An exploding residual is one far above the first one (NaN/Inf fail every comparison below).
+            self.limit = res * self.divergence_ratio if not self.rel else torch.full_like(res, float("inf"))
+        keep_going = res <= self.limit
+        if self.tol is not None:
+            keep_going = keep_going & (res > self.tol)
+        self.active = self.active & keep_going
+        self.abs_res = abs_res
+        return abs_res
+
+    def finished(self) -> bool:
+        return not bool(self.active.any())
+
+    def next_state(self, z_next: torch.Tensor) -> torch.Tensor:
+        """Samples still running move to ``z_next``; stopped ones stay at their best iterate."""
+        return torch.where(self.active[:, None], z_next, self.best_z)
+
+    def result(self) -> tuple[torch.Tensor, SolveInfo]:
+        """The best iterate of every sample and the record of the solve."""
+        actives = torch.stack(self.actives)  # [T, B]: was the sample running at iteration t
+        residuals = torch.stack(self.residuals).detach()
+        nfe = actives.sum(0)
+        # A stopped sample's trace repeats its last observed residual.
+        last = residuals.gather(0, (nfe - 1).clamp(min=0)[None]).squeeze(0)
+        trace = torch.where(actives, residuals, last[None])
+        best_res = self.best_res.detach()
+        finite = torch.isfinite(best_res)
+        converged = (best_res <= self.tol) if self.tol is not None else torch.zeros_like(finite)
+        # Only NaN/Inf or an exploding residual stop a sample that has not converged.
+        diverged = ~converged & ~(residuals <= self.limit[None]).all(0)
+        residual = torch.where(finite, best_res, last)
+        info = SolveInfo(nfe=nfe.long(), residual=residual, converged=converged, diverged=diverged, trace=trace)
+        return self.best_z, info
+
+
+class Solver:
+    """A forward solver: finds z with f(z) = z for every sample of a flat ``[B, D]`` batch.
+
+    A solver is an immutable object holding its algorithm's parameters; it implements ``_start`` (fresh
+    per-solve state) and ``_update`` (the next iterate from z, f(z) and the abs residual). ``solve`` runs
+    the loop: ``tol=None`` means a fixed iteration count (exactly ``max_iter`` evaluations, last iterate
+    returned, like a plain loop); otherwise each sample stops at convergence or divergence.
+    """
+
+    divergence_ratio: float = 1e4  # abs residual this many times the first one counts as divergence
+
+    def _start(self, z0: torch.Tensor) -> object:
+        return None
+
+    def _update(self, state: object, z: torch.Tensor, fz: torch.Tensor, abs_res: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def solve(
+        self, f: FlatMap, z0: torch.Tensor, *, tol: float | None, max_iter: int, stop_mode: StopMode
+    ) -> tuple[torch.Tensor, SolveInfo]:
+        state, z = self._start(z0), z0
+        if tol is None:
+            residuals = []
+            for _ in range(max_iter):
+                fz = f(z)
+                abs_res = torch.linalg.vector_norm(fz - z, dim=1)
+                residuals.append(relative(abs_res, fz) if stop_mode == "rel" else abs_res)
+                z = self._update(state, z, fz, abs_res)
+            return z, fixed_count_info(residuals, z)
+        progress = Progress(z0, tol, stop_mode, self.divergence_ratio)
+        for _ in range(max_iter):
+            fz = f(z)
+            abs_res = progress.observe(z, fz)
+            if progress.finished():
+                break
+            z = progress.next_state(self._update(state, z, fz, abs_res))
+        return progress.result()
+
+
+def fixed_count_info(residuals: list[torch.Tensor], z: torch.Tensor) -> SolveInfo:
+    """Info for a fixed-count run from each step's residual [B]: nothing converged by definition.
+
+    The residual reported is that of the second-to-last iterate (the last step's size), which costs no
+    extra evaluation of f.
+    """
+    trace = torch.stack(residuals).detach()
+    batch = z.shape[0]
+    residual = trace[-1]
+    finite = torch.isfinite(z).all(1) & torch.isfinite(residual)
+    return SolveInfo(
+        nfe=torch.full((batch,), trace.shape[0], dtype=torch.long, device=z.device),
+        residual=residual,
+        converged=torch.zeros(batch, dtype=torch.bool, device=z.device),
+        diverged=~finite,
+        trace=trace,
+    )

@@ -1,0 +1,91 @@
+"""Limited-memory ("good") Broyden's method for the root of g(z) = f(z) − z.
+
+The inverse Jacobian of g is approximated as −I + Σᵢ uᵢ vᵢᵀ over a window of the last ``m`` secant updates
+(Sherman–Morrison form, as in Bai et al.'s DEQ solvers), so memory is bounded by ``m`` and not by
+``max_iter``. A quasi-Newton step that makes the residual grow is rejected and the sample's memory is
+reset (see ``safeguard``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from deqkit.errors import ConfigError
+from deqkit.solvers.base import Solver
+from deqkit.solvers.safeguard import Safeguard, write_slot
+
+
+@dataclass(frozen=True)
+class Broyden(Solver):
+    """Broyden with a window of ``m`` rank-one updates and step size ``beta``."""
+
+    m: int = 8
+    beta: float = 1.0
+    safeguard: bool = True
+    growth: float = 2.0  # a step may raise the residual this much before it is rejected
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.m, int) and self.m >= 1):
+            raise ConfigError(f"Broyden(m={self.m!r}) is invalid; m must be an integer >= 1")
+        if not 0.0 < self.beta <= 1.0:
+            raise ConfigError(f"Broyden(beta={self.beta}) is out of range; beta must be in (0, 1]")
+        if not self.growth >= 1.0:
+            raise ConfigError(f"Broyden(growth={self.growth}) must be >= 1")
+
+    def _start(self, z0: torch.Tensor) -> "_Memory":
+        return _Memory(z0, self.m, Safeguard(self.growth) if self.safeguard else None)
+
+    def _update(self, mem: "_Memory", z: torch.Tensor, fz: torch.Tensor, abs_res: torch.Tensor) -> torch.Tensor:
+        g = fz - z
+        rejected = mem.guard.check(z, g, abs_res) if mem.guard is not None else None
+        if mem.prev_z is not None:
+            dz, dg = z - mem.prev_z, g - mem.prev_g
+            inv_dg = mem.apply(dg)  # B⁻¹ Δg
+            v = mem.apply_transposed(dz)  # B⁻ᵀ Δz
+            denom = (v * dg).sum(1, keepdim=True)
+            u = (dz - inv_dg) / denom
+            valid = torch.isfinite(u).all(1, keepdim=True) & (denom.abs() > torch.finfo(z.dtype).tiny)
+            if rejected is not None:
+                valid = valid & ~rejected[:, None]
+            mem.push(torch.where(valid, u, 0.0), torch.where(valid, v, 0.0))
+            if rejected is not None:
+                mem.forget(rejected)
+        step = z - self.beta * mem.apply(g)  # Newton step −B⁻¹g (= +g while the memory is empty)
+        if rejected is not None:
+            step = torch.where(rejected[:, None], mem.guard.fallback(self.beta), step)
+            mem.prev_z, mem.prev_g = mem.guard.z, mem.guard.g
+        else:
+            mem.prev_z, mem.prev_g = z, g
+        return step
+
+
+class _Memory:
+    """The window of rank-one updates, ``us``/``vs`` of shape ``[B, m, D]``; B⁻¹x = −x + Σ uᵢ (vᵢ·x)."""
+
+    def __init__(self, z0: torch.Tensor, m: int, guard: Safeguard | None):
+        batch, dim = z0.shape
+        self.us = z0.new_zeros(batch, m, dim)
+        self.vs = z0.new_zeros(batch, m, dim)
+        self.m, self.count, self.guard = m, 0, guard
+        self.prev_z: torch.Tensor | None = None
+        self.prev_g: torch.Tensor | None = None
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return -x + torch.einsum("bmd,bm->bd", self.us, torch.einsum("bmd,bd->bm", self.vs, x))
+
+    def apply_transposed(self, x: torch.Tensor) -> torch.Tensor:
+        return -x + torch.einsum("bmd,bm->bd", self.vs, torch.einsum("bmd,bd->bm", self.us, x))
+
+    def push(self, u: torch.Tensor, v: torch.Tensor) -> None:
+        slot = self.count % self.m
+        self.us = write_slot(self.us, slot, u)
+        self.vs = write_slot(self.vs, slot, v)
+        self.count += 1
+
+    def forget(self, samples: torch.Tensor) -> None:
+        """Reset the memory of the given samples [B] to the identity guess."""
+        keep = (~samples).to(self.us.dtype)[:, None, None]
+        self.us = self.us * keep
+        self.vs = self.vs * keep
