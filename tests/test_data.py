@@ -5,6 +5,7 @@ reads real files."""
 from __future__ import annotations
 
 import colorsys
+import dataclasses
 
 import numpy as np
 import pytest
@@ -26,7 +27,9 @@ from deqkit.data import (
     render_batch,
     render_item,
 )
+from deqkit.data.folder import DataError
 from deqkit.data.scenes import hsv_to_rgb
+from deqkit.errors import ConfigError
 from deqkit.data.shapes import rasterize
 
 torch.set_num_threads(1)
@@ -96,7 +99,7 @@ def test_same_item_every_time_and_in_any_order():
     for a, b in zip(forward, backward):
         for key in a:
             assert torch.equal(a[key], b[key]), key
-    fresh = SceneDataset(SceneConfig(**SMALL.to_dict()), "train")[3]
+    fresh = SceneDataset(dataclasses.replace(SMALL), "train")[3]
     assert all(torch.equal(fresh[k], forward[3][k]) for k in fresh)
 
 
@@ -279,28 +282,39 @@ def test_dataloader_collates_batches():
     ],
 )
 def test_invalid_config_values_name_the_field(kwargs, field):
-    with pytest.raises(ValueError, match=f"SceneConfig.{field}"):
+    with pytest.raises(ConfigError, match=f"SceneConfig.{field}"):
         SceneConfig(**kwargs)
 
 
 def test_invalid_choice_lists_valid_choices():
-    with pytest.raises(ValueError, match="valid choices are .*plain"):
+    with pytest.raises(ConfigError, match="valid choices are .*plain"):
         SceneConfig(background="noise")
 
 
-def test_from_dict_rejects_unknown_keys_and_round_trips():
-    with pytest.raises(ValueError, match="unknown key 'img_size'"):
-        SceneConfig.from_dict({"img_size": 32})
-    cfg = SceneConfig.from_dict({"image_size": 32, "shapes": ["disc", "cross"], "size_range": [0.1, 0.15]})
-    assert cfg.shapes == ("disc", "cross") and cfg.size_range == (0.1, 0.15)
-    assert SceneConfig.from_dict(cfg.to_dict()) == cfg
+def test_scene_config_nests_in_an_application_config():
+    """The trainer's generic loader builds SceneConfig from --set strings and rejects unknown keys."""
+    from dataclasses import dataclass, field
+
+    from deqkit.train.config import from_dict, resolve_config, to_dict
+
+    @dataclass
+    class App:
+        data: SceneConfig = field(default_factory=SceneConfig)
+
+    cfg = resolve_config(App, sets=["data.image_size=32", "data.shapes=disc,cross", "data.size_range=0.1,0.15"])
+    assert cfg.data == SceneConfig(image_size=32, shapes=("disc", "cross"), size_range=(0.1, 0.15))
+    assert from_dict(App, to_dict(cfg)) == cfg
+    with pytest.raises(ConfigError, match="unknown config key 'data.img_size'"):
+        resolve_config(App, sets=["data.img_size=32"])
+    with pytest.raises(ConfigError, match="SceneConfig.shapes: unknown shape 'hexagon'"):
+        resolve_config(App, sets=["data.shapes=disc,hexagon"])
 
 
 def test_invalid_split_and_impossible_scene():
-    with pytest.raises(ValueError, match="split must be one of"):
+    with pytest.raises(ConfigError, match="split must be one of"):
         SceneDataset(SMALL, "training")
     crowded = SceneConfig(image_size=32, min_objects=6, size_range=(0.5, 0.5))
-    with pytest.raises(RuntimeError, match="could not place"):
+    with pytest.raises(ConfigError, match="could not place"):
         render_item(crowded, "train", 0)
 
 
@@ -350,23 +364,23 @@ def test_folder_reads_images_and_masks(tmp_path):
 
 
 def test_folder_errors_are_clear(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist"):
         ImageFolderDataset(tmp_path / "nope", "train", 16)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ValueError, match="has no"):
+    with pytest.raises(ConfigError, match="has no"):
         ImageFolderDataset(empty, "train", 16)
     images, masks = _write_folder(tmp_path, n=4)
     (masks / "img002.png").unlink()
-    with pytest.raises(FileNotFoundError, match="have no mask"):
+    with pytest.raises(ConfigError, match="have no mask"):
         ImageFolderDataset(images, "train", 16, masks_dir=masks)
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "broken.png").write_bytes(b"not an image at all")
     ds = ImageFolderDataset(bad, "train", 16)
-    with pytest.raises(ValueError, match="cannot read image .*broken.png"):
+    with pytest.raises(DataError, match="cannot read image .*broken.png"):
         ds[0]
-    with pytest.raises(ValueError, match="split must be one of"):
+    with pytest.raises(ConfigError, match="split must be one of"):
         ImageFolderDataset(images, "dev", 16)
 
 

@@ -14,12 +14,13 @@ from deqkit.data.dataset import (
     render_item,
     scene_to_item,
 )
-from deqkit.data.folder import ImageFolderDataset, split_files
+from deqkit.data.folder import DataError, ImageFolderDataset, split_files
 from deqkit.data.scenes import PALETTE, Scene, sample_scene, scene_rng
 
 __all__ = [
     "BACKGROUNDS",
     "COLOR_MODES",
+    "DataError",
     "ImageFolderDataset",
     "PALETTE",
     "SHAPES",

@@ -1,18 +1,22 @@
 """The typed configuration of the procedural multi-object scenes, validated when it is built.
 
-Every field has one default here; a wrong value or an unknown key raises a one-line ``ValueError`` that
-names the field and what would be valid.
+Every field has one default here; a wrong value raises a one-line ``ConfigError`` (a
+``ValueError``) that names the field and what would be valid. Build it from nested dicts or
+``--set`` strings with ``deqkit.train.config.from_dict`` / ``resolve_config``, which reject unknown keys.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Literal, get_args
+
+from deqkit.errors import ConfigError
 
 SHAPES: tuple[str, ...] = ("disc", "square", "triangle", "diamond", "ellipse", "cross")
-COLOR_MODES: tuple[str, ...] = ("palette", "hsv")
-BACKGROUNDS: tuple[str, ...] = ("plain", "colored", "gradient")
+ColorMode = Literal["palette", "hsv"]
+Background = Literal["plain", "colored", "gradient"]
+COLOR_MODES: tuple[str, ...] = get_args(ColorMode)
+BACKGROUNDS: tuple[str, ...] = get_args(Background)
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
@@ -29,8 +33,10 @@ class SceneConfig:
     min_objects: int = 2
     max_objects: int = 6
     shapes: tuple[str, ...] = SHAPES
-    colors: str = "palette"  # "palette": 8 fixed saturated colours; "hsv": random hue, S and V in [0.6, 1]
-    background: str = "plain"  # "plain": background_color; "colored": a dull random colour; "gradient"
+    # "palette": 8 fixed saturated colours; "hsv": random hue, saturation and value in [0.6, 1].
+    colors: ColorMode = "palette"
+    # "plain": background_color; "colored": a dull random colour per image; "gradient": two of them blended.
+    background: Background = "plain"
     background_color: tuple[float, float, float] = (0.0, 0.0, 0.0)
     size_range: tuple[float, float] = (0.1, 0.2)
     min_visible_pixels: int = 4
@@ -50,28 +56,28 @@ class SceneConfig:
         _check_int(self, "min_objects", low=1)
         _check_int(self, "max_objects", low=1)
         if self.min_objects > self.max_objects:
-            raise ValueError(
+            raise ConfigError(
                 f"SceneConfig.min_objects={self.min_objects} must be <= max_objects={self.max_objects}"
             )
         if not isinstance(self.shapes, tuple) or not self.shapes:
-            raise ValueError(f"SceneConfig.shapes must be a non-empty sequence drawn from {SHAPES}")
+            raise ConfigError(f"SceneConfig.shapes must be a non-empty sequence drawn from {SHAPES}")
         for s in self.shapes:
             if s not in SHAPES:
-                raise ValueError(f"SceneConfig.shapes: unknown shape {s!r}; valid choices are {SHAPES}")
+                raise ConfigError(f"SceneConfig.shapes: unknown shape {s!r}; valid choices are {SHAPES}")
         if len(set(self.shapes)) != len(self.shapes):
-            raise ValueError(f"SceneConfig.shapes has duplicates: {self.shapes}")
+            raise ConfigError(f"SceneConfig.shapes has duplicates: {self.shapes}")
         _check_choice(self, "colors", COLOR_MODES)
         _check_choice(self, "background", BACKGROUNDS)
         bg = self.background_color
         if not (isinstance(bg, tuple) and len(bg) == 3 and all(_is_real(c) and 0 <= c <= 1 for c in bg)):
-            raise ValueError(f"SceneConfig.background_color must be 3 numbers in [0, 1], got {bg!r}")
+            raise ConfigError(f"SceneConfig.background_color must be 3 numbers in [0, 1], got {bg!r}")
         sr = self.size_range
         if not (isinstance(sr, tuple) and len(sr) == 2 and all(_is_real(v) for v in sr)
                 and 0 < sr[0] <= sr[1] <= 0.5):
-            raise ValueError(f"SceneConfig.size_range must be (low, high) with 0 < low <= high <= 0.5, got {sr!r}")
+            raise ConfigError(f"SceneConfig.size_range must be (low, high) with 0 < low <= high <= 0.5, got {sr!r}")
         _check_int(self, "min_visible_pixels", low=1)
         if not (_is_real(self.min_visible_fraction) and 0 <= self.min_visible_fraction <= 1):
-            raise ValueError(
+            raise ConfigError(
                 f"SceneConfig.min_visible_fraction must be in [0, 1], got {self.min_visible_fraction!r}"
             )
         _check_int(self, "seed", low=0)
@@ -82,24 +88,11 @@ class SceneConfig:
         """Number of scenes in ``split`` ("train", "val" or "test")."""
         return getattr(self, f"{check_split(split)}_size")
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "SceneConfig":
-        """Build from a plain mapping (e.g. parsed YAML); an unknown key is an error, not ignored."""
-        known = [f.name for f in dataclasses.fields(cls)]
-        for key in values:
-            if key not in known:
-                raise ValueError(f"SceneConfig: unknown key {key!r}; valid keys are {known}")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The constructor arguments as plain Python values (round-trips through ``from_dict``)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
 
 def check_split(split: str) -> str:
-    """Return ``split`` if it is one of ``SPLITS``, else raise a one-line ValueError."""
+    """Return ``split`` if it is one of ``SPLITS``, else raise a one-line ConfigError."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
     return split
 
 
@@ -110,10 +103,10 @@ def _is_real(v: Any) -> bool:
 def _check_int(cfg: SceneConfig, name: str, low: int) -> None:
     v = getattr(cfg, name)
     if not isinstance(v, int) or isinstance(v, bool) or v < low:
-        raise ValueError(f"SceneConfig.{name} must be an integer >= {low}, got {v!r}")
+        raise ConfigError(f"SceneConfig.{name} must be an integer >= {low}, got {v!r}")
 
 
 def _check_choice(cfg: SceneConfig, name: str, choices: tuple[str, ...]) -> None:
     v = getattr(cfg, name)
     if v not in choices:
-        raise ValueError(f"SceneConfig.{name}: unknown value {v!r}; valid choices are {choices}")
+        raise ConfigError(f"SceneConfig.{name}: unknown value {v!r}; valid choices are {choices}")

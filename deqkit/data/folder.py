@@ -14,6 +14,11 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from deqkit.data.config import check_split
+from deqkit.errors import ConfigError, DeqkitError
+
+class DataError(DeqkitError, ValueError):
+    """A data file exists but cannot be used (unreadable, wrong size or wrong mode)."""
+
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 SPLIT_FRACTIONS: tuple[float, float, float] = (0.70, 0.15, 0.15)
@@ -46,7 +51,7 @@ def _open(path: Path) -> Image.Image:
         img = Image.open(path)
         img.load()
     except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from None
+        raise DataError(f"cannot read image {path}: {err}") from None
     return img
 
 
@@ -63,24 +68,24 @@ class ImageFolderDataset(Dataset):
     ) -> None:
         root = Path(root)
         if not root.is_dir():
-            raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
+            raise ConfigError(f"image folder {root} does not exist or is not a directory")
         check_split(split)
         if not isinstance(image_size, int) or image_size < 1:
-            raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+            raise ConfigError(f"image_size must be a positive integer, got {image_size!r}")
         files = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
         if not files:
-            raise ValueError(f"image folder {root} has no {'/'.join(IMAGE_SUFFIXES)} files")
+            raise ConfigError(f"image folder {root} has no {'/'.join(IMAGE_SUFFIXES)} files")
         self.root, self.split, self.image_size = root, split, image_size
         self.files = split_files(files, split, seed)
         self.mask_files: list[Path] | None = None
         if masks_dir is not None:
             masks_dir = Path(masks_dir)
             if not masks_dir.is_dir():
-                raise FileNotFoundError(f"mask folder {masks_dir} does not exist or is not a directory")
+                raise ConfigError(f"mask folder {masks_dir} does not exist or is not a directory")
             self.mask_files = [masks_dir / f"{p.stem}.png" for p in self.files]
             missing = [m for m in self.mask_files if not m.is_file()]
             if missing:
-                raise FileNotFoundError(f"{len(missing)} image(s) have no mask, e.g. {missing[0]}")
+                raise ConfigError(f"{len(missing)} image(s) have no mask, e.g. {missing[0]}")
 
     def __len__(self) -> int:
         return len(self.files)
@@ -95,9 +100,12 @@ class ImageFolderDataset(Dataset):
             mask_path = self.mask_files[index]
             ids = _open(mask_path)
             if ids.size != raw.size:
-                raise ValueError(f"mask {mask_path} is {ids.size[0]}x{ids.size[1]} but image {path} is {raw.size[0]}x{raw.size[1]}")
+                raise DataError(f"mask {mask_path} is {ids.size[0]}x{ids.size[1]} pixels "
+                                f"but image {path} is {raw.size[0]}x{raw.size[1]}")
             if ids.mode not in ("L", "P", "I", "I;16"):
-                raise ValueError(f"mask {mask_path} must be a single-channel PNG of instance ids, got mode {ids.mode}")
-            ids = _resize_center_crop(ids.convert("I") if ids.mode == "I;16" else ids, self.image_size, Image.Resampling.NEAREST)
+                raise DataError(f"mask {mask_path} must be a single-channel PNG of instance ids, got mode {ids.mode}")
+            if ids.mode == "I;16":
+                ids = ids.convert("I")
+            ids = _resize_center_crop(ids, self.image_size, Image.Resampling.NEAREST)
             item["mask"] = torch.from_numpy(np.asarray(ids).astype(np.int64))
         return item

@@ -14,6 +14,7 @@ import numpy as np
 
 from deqkit.data.config import SPLITS, SceneConfig
 from deqkit.data.shapes import rasterize
+from deqkit.errors import ConfigError
 
 # Eight saturated colours (value >= 0.8), far from the black default and the dull random backgrounds.
 PALETTE = np.array(
@@ -98,7 +99,7 @@ def sample_scene(config: SceneConfig, rng: np.random.Generator) -> Scene:
         y[bad] = rng.uniform(size[bad], 1.0 - size[bad])
         rasterize(names, x, y, size, s, out=cover, rows=bad)
     else:
-        raise RuntimeError(
+        raise ConfigError(
             f"could not place {n} visible objects in {MAX_PLACEMENT_ROUNDS} rounds at image_size={s}, "
             f"size_range={config.size_range}: objects too crowded or smaller than min_visible_pixels="
             f"{config.min_visible_pixels}; change max_objects, size_range or min_visible_fraction"
