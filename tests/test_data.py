@@ -398,3 +398,12 @@ def test_speed_benchmark_script_writes_json(tmp_path, monkeypatch, capsys):
     rows = json.loads(out.read_text())["results"]
     assert rows[0]["image_size"] == 32 and rows[0]["items_per_s"] > 0
     assert "items/s" in capsys.readouterr().out
+
+
+def test_worker_processes_give_the_same_items():
+    ds = SceneDataset(SceneConfig(image_size=32, train_size=8, background="gradient", colors="hsv"), "train")
+    loader = DataLoader(ds, batch_size=4, num_workers=2, shuffle=False)
+    batches = list(loader)
+    direct = render_batch(ds.config, "train", range(8))
+    for k in direct:
+        assert torch.equal(torch.cat([b[k] for b in batches]), direct[k]), k
