@@ -1,0 +1,291 @@
+"""Typer commands. Each is a thin layer over :mod:`deqkit.train`; deqkit's own errors become one line
+``error: ...`` on stderr and a non-zero exit status (2 for usage errors), never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from deqkit.cli.report import RichReporter, fmt, key_value_table
+
+app = typer.Typer(
+    name="deqkit",
+    help="Train, evaluate and diagnose fixed-point (DEQ / iterative refinement) models.\n\n"
+         "An application is a folder with an APP object (see docs/applications.md); runs write a run "
+         "directory (see docs/run_directory.md).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="rich",
+)
+
+SET_HELP = ("Override a config value, e.g. --set train.lr=3e-4 --set hidden=64 (repeatable). Types follow the "
+            "config dataclass; unknown keys are errors listing the valid ones.")
+
+
+def one_line_errors(command: Callable) -> Callable:
+    """Print deqkit errors as ``error: ...`` and exit with their status instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from deqkit.errors import DeqkitError
+        from deqkit.train.errors import exit_code
+
+        try:
+            return command(*args, **kwargs)
+        except DeqkitError as err:
+            typer.echo("error: " + " ".join(str(err).split()), err=True)
+            raise typer.Exit(exit_code(err)) from None
+
+    return wrapper
+
+
+def _stdout() -> Console:
+    return Console(file=sys.stdout, soft_wrap=False)
+
+
+def _stderr() -> Console:
+    return Console(file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+@app.command()
+@one_line_errors
+def train(
+    application: str = typer.Argument(..., metavar="APP",
+                                      help="Application folder (e.g. examples/toy_deq) or name (e.g. toy_deq)."),
+    preset: Optional[str] = typer.Option(None, help="Named preset of the application (default: its CPU preset)."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help=SET_HELP),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default: runs/<app>-<preset>-<time>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    device: Optional[str] = typer.Option(None, metavar="auto|cpu|cuda",
+                                         help="Where to train (default: the config's train.device, auto)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (same as --set train.seed=N)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train an application's model, writing checkpoints, metrics and pictures to a run directory.
+
+    Works unchanged under [bold]torchrun --nproc-per-node N -m deqkit train ...[/] (data parallel; only
+    rank 0 writes). Ctrl-C saves a checkpoint; continue with --resume.
+    """
+    from deqkit.train.application import load_application
+    from deqkit.train.checkpoint import load_checkpoint
+    from deqkit.train.config import from_dict, resolve_config
+    from deqkit.train.errors import UsageError
+    from deqkit.train.run_dir import RunDir
+    from deqkit.train.trainer import train as run_training
+
+    the_app = load_application(application)
+    sets = list(set_)
+    if device is not None:
+        sets.append(f"train.device={device}")
+    if seed is not None:
+        sets.append(f"train.seed={seed}")
+    ckpt = None
+    if resume:
+        if out is None:
+            raise UsageError("--resume needs --out, the run directory to continue")
+        if preset is not None:
+            raise UsageError("--preset cannot be combined with --resume (the run's config is in its "
+                             "checkpoint); change values with --set")
+        run_dir = RunDir(out)
+        if not run_dir.last.exists():
+            raise UsageError(f"nothing to resume: no checkpoint at {run_dir.last}")
+        ckpt = load_checkpoint(run_dir.last, app=the_app.name)
+        base = from_dict(the_app.config_type, ckpt.config)
+        config = resolve_config(the_app.config_type, base=base, sets=sets)
+    else:
+        config = the_app.make_config(preset, sets)
+        preset = preset or the_app.default_preset
+        if out is None:
+            out = Path("runs") / f"{the_app.name}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if RunDir(out).holds_run():
+            raise UsageError(f"{out} already holds a run; continue it with --resume or choose another --out")
+    reporter = None if quiet else RichReporter(_stderr(), the_app.name)
+    result = run_training(the_app, config, out, resume=ckpt, reporter=reporter, preset=preset)
+    if result.out is None:  # not rank 0 of a distributed run
+        return
+    rows: dict[str, Any] = {"application": the_app.name, "steps": result.step,
+                            "skipped steps": result.skipped_steps, "time": f"{result.elapsed:.1f} s",
+                            "steps/s": result.steps_per_s}
+    for key, value in result.metrics.items():
+        rows[f"{result.eval_split} {key}"] = value
+    for name, stats in result.solver.items():
+        rows[f"{name} NFE"] = stats["nfe"]
+        rows[f"{name} converged"] = stats["converged"]
+    rows["run directory"] = str(result.out)
+    rows["checkpoint"] = str(result.checkpoint)
+    rows["metrics"] = str(result.out / "metrics.jsonl")
+    rows["images"] = str(result.out / "images")
+    _stdout().print(key_value_table("training finished", rows))
+
+
+# ---------------------------------------------------------------------------------------------- eval
+
+
+@app.command("eval")
+@one_line_errors
+def eval_(
+    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint written by deqkit train."),
+    split: str = typer.Option("test", help="Which split of the application's data to score."),
+    batches: Optional[int] = typer.Option(None, min=1, help="Score only the first N batches."),
+    json_: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object instead of a table."),
+    device: str = typer.Option("cpu", metavar="cpu|cuda", help="Where to run the model."),
+) -> None:
+    """Score a checkpoint with its application's metrics on a split."""
+    from deqkit.train.evaluate import evaluate
+    from deqkit.train.restore import restore
+    from deqkit.train.trainer import pick_device
+    from deqkit.train.distributed import Dist
+
+    dev = pick_device(device, Dist())
+    restored = restore(checkpoint, dev)
+    values = evaluate(restored.app, restored.model, restored.config, split, dev, limit=batches)
+    if json_:
+        typer.echo(json.dumps({"app": restored.app.name, "step": restored.checkpoint.step, "split": split,
+                               "metrics": values}))
+        return
+    _stdout().print(key_value_table(f"{restored.app.name} @ step {restored.checkpoint.step}: {split}", values))
+
+
+# ------------------------------------------------------------------------------------------ diagnose
+
+
+@app.command()
+@one_line_errors
+def diagnose(
+    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint written by deqkit train."),
+    batches: int = typer.Option(2, min=1, help="How many batches of the eval split to run."),
+    split: Optional[str] = typer.Option(None, help="Split to use (default: the run's train.eval_split)."),
+    json_file: Optional[Path] = typer.Option(None, "--json", metavar="FILE",
+                                             help="Also write the figures as JSON (keys in docs/cli.md)."),
+    plots: Optional[Path] = typer.Option(None, metavar="DIR",
+                                         help="Write PNGs: residual curves, spectral norm over training."),
+    device: str = typer.Option("cpu", metavar="cpu|cuda", help="Where to run the model."),
+) -> None:
+    """Solver and gradient health of every fixed-point layer of a checkpoint's model.
+
+    Residual after each iteration, NFE, converged fraction, spectral norm and radius of df/dz at the fixed
+    point, and the cosine between the Neumann(1) and the exact IFT gradient of the training loss.
+    """
+    from deqkit.train.diagnose import diagnose as run_diagnose
+    from deqkit.train.diagnose import write_plots
+    from deqkit.train.distributed import Dist
+    from deqkit.train.restore import restore
+    from deqkit.train.trainer import pick_device
+
+    dev = pick_device(device, Dist())
+    restored = restore(checkpoint, dev)
+    report = run_diagnose(restored, batches=batches, split=split, device=dev)
+    console = _stdout()
+    table = Table(title=f"{restored.app.name} @ step {report['step']}: {report['split']} "
+                        f"({report['samples']} samples)", title_justify="left")
+    for column in ("fixed point", "NFE", "converged", "residual mean", "residual max", "‖J‖₂ mean",
+                   "‖J‖₂ max", "ρ(J) mean", "ρ(J) max"):
+        table.add_column(column, justify="right" if column != "fixed point" else "left")
+    for name, fp in report["fixed_points"].items():
+        table.add_row(name, fmt(fp["nfe"]), fmt(fp["converged"]), fmt(fp["residual_mean"]),
+                      fmt(fp["residual_max"]), fmt(fp["spectral_norm_mean"]), fmt(fp["spectral_norm_max"]),
+                      fmt(fp["spectral_radius_mean"]), fmt(fp["spectral_radius_max"]))
+    console.print(table)
+    for name, fp in report["fixed_points"].items():
+        curve = Table(title=f"{name}: residual after each iteration", title_justify="left")
+        curve.add_column("iteration", justify="right")
+        curve.add_column("mean", justify="right")
+        curve.add_column("max", justify="right")
+        for i, (mean, worst) in enumerate(zip(fp["residual_curve_mean"], fp["residual_curve_max"]), start=1):
+            curve.add_row(str(i), fmt(mean), fmt(worst))
+        console.print(curve)
+    cosine = report["gradient_cosine"]
+    console.print(f"cosine(Neumann(1) gradient, IFT gradient) of the training loss: [bold]{fmt(cosine)}[/]",
+                  highlight=False)
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(json.dumps(report, indent=2) + "\n")
+    if plots is not None:
+        for path in write_plots(report, restored, plots):
+            console.print(f"wrote {path}", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------- apps
+
+
+@app.command()
+@one_line_errors
+def apps() -> None:
+    """List the applications found (applications/ and examples/ here, next to deqkit, and in $DEQKIT_APPS)."""
+    from deqkit.train.application import discover, search_roots
+
+    table = Table(title="applications", title_justify="left")
+    for column in ("name", "presets (default first)", "folder", "description"):
+        table.add_column(column)
+    for path, found in discover():
+        if isinstance(found, str):
+            if "does not define APP" in found:
+                continue  # a helper package, not an application
+            table.add_row(path.name, "[red]cannot load[/]", str(path), found)
+            continue
+        presets = [found.default_preset] + [p for p in found.presets if p != found.default_preset]
+        table.add_row(found.name, ", ".join(presets), str(path), found.description)
+    if not table.row_count:
+        roots = ", ".join(str(r) for r in search_roots()) or "none exist"
+        typer.echo(f"no applications found (searched: {roots})")
+        return
+    _stdout().print(table)
+
+
+# --------------------------------------------------------------------------------------------- bench
+
+
+@app.command()
+@one_line_errors
+def bench(
+    application: str = typer.Argument(..., metavar="APP", help="Application folder or name."),
+    preset: Optional[str] = typer.Option(None, help="Preset to measure (default: the CPU preset)."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help=SET_HELP),
+    steps: int = typer.Option(50, min=1, help="Timed steps per measurement (after 5 warm-up steps)."),
+    threads: str = typer.Option("1,2", help="Comma-separated torch thread counts to compare."),
+    json_: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Steps/s of training with and without the model (data only), for each thread count.
+
+    If the data-only rate is not far above the training rate, data loading is the bottleneck.
+    """
+    from deqkit.train.application import load_application
+    from deqkit.train.bench import measure
+
+    the_app = load_application(application)
+    config = the_app.make_config(preset, set_)
+    try:
+        counts = [int(t) for t in threads.split(",") if t.strip()]
+    except ValueError:
+        from deqkit.train.errors import UsageError
+
+        raise UsageError(f"--threads expects comma-separated integers, got {threads!r}") from None
+    results = [measure(the_app, config, steps=steps, threads=n) for n in counts]
+    if json_:
+        typer.echo(json.dumps(results))
+        return
+    table = Table(title=f"{the_app.name} ({preset or the_app.default_preset}): "
+                        f"batch {config.train.batch_size}", title_justify="left")
+    for column in ("threads", "data only (steps/s)", "training (steps/s)", "data share of a step"):
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(str(r["threads"]), fmt(r["data_steps_per_s"]), fmt(r["train_steps_per_s"]),
+                      f"{100 * r['train_steps_per_s'] / r['data_steps_per_s']:.1f}%")
+    _stdout().print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (``deqkit = deqkit.cli:main``)."""
+    app(args=argv, prog_name="deqkit")

@@ -1,0 +1,281 @@
+"""Typed run configuration: the shared :class:`TrainConfig`, presets and ``--set key=value`` overrides.
+
+An application's config is a dataclass with a ``train: TrainConfig`` field plus its own fields (which may
+be nested dataclasses). Every value is checked against its field's type; unknown keys are errors that
+list the valid ones, so a typo never silently trains the wrong model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any, Literal, Mapping
+
+from deqkit.train.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """Options every application shares: optimisation, schedule, logging and the runtime."""
+
+    steps: int = 1000  # optimiser steps in the whole run
+    batch_size: int = 64  # per process (a DDP run with N processes sees N * batch_size per step)
+    lr: float = 1e-3  # peak learning rate of AdamW
+    weight_decay: float = 0.0
+    warmup: int = 0  # linear warm-up steps from 0 to lr
+    decay: Literal["none", "cosine", "linear"] = "cosine"  # lr after warm-up, down to 0 at `steps`
+    grad_clip: float | None = None  # clip the global gradient norm to this value
+    seed: int = 0
+    log_every: int = 10  # a metrics.jsonl line every this many steps
+    eval_every: int = 200  # 0: evaluate only at the end
+    eval_split: str = "val"
+    eval_batches: int | None = None  # None: the whole split
+    ckpt_every: int = 200  # periodic checkpoints (last.safetensors is refreshed at each one)
+    keep_checkpoints: int = 3  # periodic checkpoints kept besides last.safetensors
+    image_every: int = 200  # 0: pictures only at the end
+    max_bad_steps: int = 10  # stop after this many non-finite steps in a row
+    spectral_iters: int = 10  # power iterations for the logged spectral norm; 0 disables it
+    amp: Literal["off", "bf16"] = "off"  # bf16 autocast for the forward pass
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int | None = 2  # torch intra-op threads; None leaves torch's default (see docs/cli.md)
+    num_workers: int = 0  # DataLoader worker processes
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch_size", "log_every", "max_bad_steps")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
+        for name in ("warmup", "eval_every", "ckpt_every", "image_every", "spectral_iters", "num_workers",
+                     "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"train.grad_clip must be positive or none, got {self.grad_clip}")
+        if self.num_threads is not None and self.num_threads <= 0:
+            raise ConfigError(f"train.num_threads must be positive or none, got {self.num_threads}")
+
+
+# --------------------------------------------------------------------------------------------- types
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + "|".join(str(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"comma-separated {_type_name(args[0])}s"
+        return "tuple (" + ",".join(_type_name(a) for a in args) + ")"
+    if tp is type(None):
+        return "none"
+    return getattr(tp, "__name__", str(tp))
+
+
+class _Mismatch(Exception):
+    pass
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _coerce(value: Any, tp: Any, from_text: bool) -> Any:
+    """Convert ``value`` (a Python/JSON value, or a string from the command line) to type ``tp``."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if tp is type(None):
+        if value is None or (from_text and str(value).lower() in ("none", "null")):
+            return None
+        raise _Mismatch
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        # try None first so "none" is not read as the string "none"
+        for arg in sorted(args, key=lambda a: a is not type(None)):
+            try:
+                return _coerce(value, arg, from_text)
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    if origin is Literal:
+        for choice in typing.get_args(tp):
+            if value == choice or (from_text and str(value) == str(choice)):
+                return choice
+        raise _Mismatch
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if from_text and isinstance(value, str):
+            text = value.strip().strip("()[]")
+            value = [] if not text else [part.strip() for part in text.split(",")]
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], from_text) for v in value)
+        if args and len(args) != len(value):
+            raise _Mismatch
+        return tuple(_coerce(v, a, from_text) for v, a in zip(value, args or (Any,) * len(value)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if from_text and isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise _Mismatch
+    if tp is int:
+        if isinstance(value, bool):
+            raise _Mismatch
+        if isinstance(value, int):
+            return value
+        if from_text and isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                try:  # allow 1e3 for integers when it is exact
+                    as_float = float(value)
+                except ValueError:
+                    raise _Mismatch from None
+                if as_float.is_integer():
+                    return int(as_float)
+        raise _Mismatch
+    if tp is float:
+        if isinstance(value, bool):
+            raise _Mismatch
+        if isinstance(value, (int, float)):
+            return float(value)
+        if from_text and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise _Mismatch from None
+        raise _Mismatch
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch
+    raise ConfigError(f"config fields of type {_type_name(tp)} are not supported")
+
+
+# -------------------------------------------------------------------------------------------- config
+
+
+def config_keys(cls: type, prefix: str = "") -> list[str]:
+    """All settable dotted keys of a config dataclass, e.g. ``['hidden', 'train.lr', ...]``."""
+    keys = []
+    hints = _hints(cls)
+    for f in fields(cls):
+        tp = hints[f.name]
+        if is_dataclass(tp):
+            keys += config_keys(tp, prefix + f.name + ".")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The config as nested plain dicts (JSON-ready except tuples, which JSON writes as lists)."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type, data: Mapping[str, Any], *, _prefix: str = "", _root: type | None = None) -> Any:
+    """Build ``cls`` from nested dicts (e.g. a loaded config.json); missing keys keep their defaults."""
+    root = _root or cls
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config section '{_prefix.rstrip('.') or '<root>'}' must be a mapping")
+    hints = _hints(cls)
+    names = {f.name for f in fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            _unknown(_prefix + key, root)
+        tp = hints[key]
+        if is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value, _prefix=_prefix + key + ".", _root=root)
+        else:
+            kwargs[key] = _convert(_prefix + key, value, tp, from_text=False)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # e.g. a required field without a default
+        raise ConfigError(f"cannot build {cls.__name__}: {err}") from None
+
+
+def _convert(key: str, value: Any, tp: Any, from_text: bool) -> Any:
+    try:
+        return _coerce(value, tp, from_text)
+    except _Mismatch:
+        raise ConfigError(f"bad value {value!r} for config key '{key}': expected {_type_name(tp)}") from None
+
+
+def _unknown(key: str, root: type) -> None:
+    raise ConfigError(f"unknown config key '{key}'; valid keys: {', '.join(config_keys(root))}")
+
+
+def flatten_overrides(overrides: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{'train': {'lr': 1}, 'a.b': 2}`` -> ``{'train.lr': 1, 'a.b': 2}`` (presets may use either form)."""
+    flat = {}
+    for key, value in overrides.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten_overrides(value, prefix + key + "."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _set_path(data: dict[str, Any], cls: type, key: str, value: Any, from_text: bool, root: type) -> None:
+    parts = key.split(".")
+    node, node_cls = data, cls
+    for i, part in enumerate(parts):
+        hints = _hints(node_cls)
+        if part not in {f.name for f in fields(node_cls)}:
+            _unknown(key, root)
+        tp = hints[part]
+        last = i == len(parts) - 1
+        if is_dataclass(tp):
+            if last:
+                raise ConfigError(f"config key '{key}' is a group; set one of its keys, e.g. "
+                                  f"'{config_keys(tp, key + '.')[0]}'")
+            node, node_cls = node[part], tp
+        elif not last:
+            _unknown(key, root)
+        else:
+            node[part] = _convert(key, value, tp, from_text)
+
+
+def parse_set(item: str) -> tuple[str, str]:
+    """``'train.lr=3e-4'`` -> ``('train.lr', '3e-4')``."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    return key.strip(), value.strip()
+
+
+def resolve_config(cls: type, *, base: Any = None, overrides: Mapping[str, Any] | None = None,
+                   sets: list[str] | tuple[str, ...] = ()) -> Any:
+    """Defaults (or ``base``) <- ``overrides`` (a preset, Python values) <- ``sets`` (``key=value`` strings)."""
+    data = to_dict(base if base is not None else _default(cls))
+    for key, value in flatten_overrides(overrides or {}).items():
+        _set_path(data, cls, key, value, from_text=False, root=cls)
+    for item in sets:
+        key, text = parse_set(item)
+        _set_path(data, cls, key, text, from_text=True, root=cls)
+    return from_dict(cls, data)
+
+
+def _default(cls: type) -> Any:
+    try:
+        return cls()
+    except TypeError as err:
+        raise ConfigError(f"config {cls.__name__} needs a default for every field: {err}") from None
+
+
+__all__ = ["TrainConfig", "config_keys", "to_dict", "from_dict", "resolve_config", "parse_set",
+           "flatten_overrides"]

@@ -1,0 +1,37 @@
+"""A one-layer DEQ classifier: z* = tanh(W z* + U(x)), logits = head(z*)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import deqkit
+
+
+class TanhStep(nn.Module):
+    """f(z, u) = tanh(W z + u). W starts at spectral norm about 0.5, so f starts as a contraction."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.W = nn.Linear(hidden, hidden, bias=False)
+        nn.init.orthogonal_(self.W.weight, gain=0.5)
+
+    def forward(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:  # z, u: [B, H]
+        return torch.tanh(self.W(z) + u)
+
+
+class ToyDEQ(nn.Module):
+    """Points ``x: [B, 2]`` -> class logits ``[B, classes]`` through one fixed-point layer."""
+
+    def __init__(self, hidden: int, classes: int, *, solver: str, backward: str, tol: float,
+                 max_iter: int) -> None:
+        super().__init__()
+        self.inject = nn.Sequential(nn.Linear(2, hidden), nn.Tanh(), nn.Linear(hidden, hidden))
+        self.fp = deqkit.FixedPoint(TanhStep(hidden), solver=solver, backward=backward, tol=tol,
+                                    max_iter=max_iter)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = self.inject(x)
+        z, _ = self.fp(torch.zeros_like(u), u)
+        return self.head(z)
