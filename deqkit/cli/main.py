@@ -190,13 +190,16 @@ def diagnose(
     console = _stdout()
     table = Table(title=f"{restored.app.name} @ step {report['step']}: {report['split']} "
                         f"({report['samples']} samples)", title_justify="left")
-    for column in ("fixed point", "NFE", "converged", "residual mean", "residual max", "‖J‖₂ mean",
-                   "‖J‖₂ max", "ρ(J) mean", "ρ(J) max"):
-        table.add_column(column, justify="right" if column != "fixed point" else "left")
-    for name, fp in report["fixed_points"].items():
-        table.add_row(name, fmt(fp["nfe"]), fmt(fp["converged"]), fmt(fp["residual_mean"]),
-                      fmt(fp["residual_max"]), fmt(fp["spectral_norm_mean"]), fmt(fp["spectral_norm_max"]),
-                      fmt(fp["spectral_radius_mean"]), fmt(fp["spectral_radius_max"]))
+    table.add_column("fixed point")
+    names = list(report["fixed_points"])
+    for name in names:
+        table.add_column(name, justify="right")
+    rows = [("NFE (mean)", "nfe"), ("converged fraction", "converged"), ("residual mean", "residual_mean"),
+            ("residual max", "residual_max"), ("spectral norm ‖J‖₂ mean", "spectral_norm_mean"),
+            ("spectral norm ‖J‖₂ max", "spectral_norm_max"), ("spectral radius ρ(J) mean", "spectral_radius_mean"),
+            ("spectral radius ρ(J) max", "spectral_radius_max")]
+    for label, key in rows:
+        table.add_row(label, *(fmt(report["fixed_points"][n][key]) for n in names))
     console.print(table)
     for name, fp in report["fixed_points"].items():
         curve = Table(title=f"{name}: residual after each iteration", title_justify="left")

@@ -143,6 +143,7 @@ class Trainer:
         self.last_metrics: dict[str, float] = {}
         self._eval_set: Any = None
         self._grad_norm, self._spectral_ok = math.nan, True
+        self._window = _Window()
         if resume is not None:
             self._restore(resume)
 
@@ -163,6 +164,7 @@ class Trainer:
         self.skipped = int(ckpt.state.get("skipped_steps", 0))
         self.elapsed_before = float(ckpt.state.get("elapsed", 0.0))
         self.last_metrics = dict(ckpt.state.get("last_metrics", {}))
+        self._window.load_state(ckpt.state.get("window", {}))
         if "data" in ckpt.state:
             data_state = ckpt.state["data"]
             # each rank's position is the same (epoch, index) since all ranks step together
@@ -181,7 +183,8 @@ class Trainer:
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             rng={"tensors": rng_tensors, "meta": rng_meta},
             state={"skipped_steps": self.skipped, "elapsed": elapsed, "data": self.stream.state(),
-                   "last_metrics": self.last_metrics, "world": self.dist.world},
+                   "last_metrics": self.last_metrics, "world": self.dist.world,
+                   "window": self._window.state()},
             version=deqkit_version())
 
     def save(self, elapsed: float, periodic: bool) -> Path | None:
@@ -207,7 +210,7 @@ class Trainer:
                                    "preset": self.preset,
                                    "deqkit_version": deqkit_version(), "config": to_dict(self.config)})
         start_step, started = self.step, time.perf_counter()
-        window = _Window()
+        window = self._window
         bad_in_row, smooth = 0, math.nan  # smooth: moving average of the loss for the progress bar
         warned_unconverged = False
         self.reporter.start(cfg.steps, self.step)
@@ -286,7 +289,11 @@ class Trainer:
             loss, logs = self.app.loss(self.model, batch, self.config)
         finite = bool(torch.isfinite(loss.detach()).all())
         if finite:
-            loss.backward()
+            try:
+                loss.backward()
+            except torch.linalg.LinAlgError:  # a linear solve in the backward pass met NaN/Inf
+                finite = False
+                self.optimizer.zero_grad(set_to_none=True)
         scalars = torch.tensor([loss.detach().float().item() if finite else 0.0,
                                 0.0 if finite else 1.0, float(stop_requested)])
         scalars = sync_gradients(self.params, scalars, self.dist)
@@ -389,6 +396,15 @@ class _Window:
             self.total += loss
             self.count += 1
             self.loss = self.total / self.count
+
+    def state(self) -> dict[str, float]:
+        """The running loss sum, so a resumed run logs the same window means."""
+        return {"total": self.total, "count": self.count, "steps": self.steps}
+
+    def load_state(self, state: dict[str, float]) -> None:
+        self.total, self.count = float(state.get("total", 0.0)), int(state.get("count", 0))
+        self.steps = int(state.get("steps", 0))
+        self.loss = self.total / self.count if self.count else math.nan
 
     def rate(self) -> float:
         return self.steps / max(1e-9, time.perf_counter() - self.t0)

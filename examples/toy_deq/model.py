@@ -17,7 +17,7 @@ class TanhStep(nn.Module):
         nn.init.orthogonal_(self.W.weight, gain=0.5)
 
     def forward(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:  # z, u: [B, H]
-        return torch.tanh(self.W(z) + u)
+        return torch.tanh(self.W(z) + u).to(z.dtype)  # under bf16 autocast the state stays float32
 
 
 class ToyDEQ(nn.Module):
@@ -33,5 +33,5 @@ class ToyDEQ(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = self.inject(x)
-        z, _ = self.fp(torch.zeros_like(u), u)
+        z, _ = self.fp(torch.zeros(u.shape, device=u.device), u)
         return self.head(z)

@@ -1,0 +1,148 @@
+"""The trainer: exact resume, skipped non-finite steps, bf16 autocast, schedule, deterministic data."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from deqkit.train.application import load_application
+from deqkit.train.checkpoint import load_checkpoint
+from deqkit.train.config import TrainConfig
+from deqkit.train.data import EpochBatches
+from deqkit.train.errors import TrainingError
+from deqkit.train.trainer import Interrupted, Reporter, Trainer, lr_factor, train
+
+TOY = Path(__file__).resolve().parents[1] / "examples" / "toy_deq"
+FAST = ["train.steps=16", "train.log_every=4", "train.eval_every=8", "train.ckpt_every=8", "train.spectral_iters=2",
+        "train.num_threads=1"]
+
+
+@pytest.fixture(scope="module")
+def app():
+    return load_application(TOY)
+
+
+def _records(out: Path) -> list[dict]:
+    drop = ("time", "steps_per_s")
+    return [{k: v for k, v in json.loads(line).items() if k not in drop}
+            for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+class _InterruptAt(Reporter):
+    """Sends this process a SIGINT once training reaches ``step`` (like Ctrl-C)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def advance(self, step: int, loss: float, rate: float) -> None:
+        if step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted_run(app, tmp_path):
+    config = app.make_config("smoke", FAST)
+    whole = Trainer(app, config, tmp_path / "whole")
+    result = whole.fit()
+    with pytest.raises(Interrupted, match="interrupted at step 6; checkpoint saved"):
+        train(app, config, tmp_path / "split", reporter=_InterruptAt(5))
+    ckpt = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.safetensors", app=app.name)
+    assert ckpt.step == 6
+    resumed = Trainer(app, config, tmp_path / "split", resume=ckpt)
+    resumed_result = resumed.fit()
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resumed_result.metrics == result.metrics
+    assert _records(tmp_path / "whole") == _records(tmp_path / "split")
+    state_a, state_b = whole.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    assert state_a.keys() == state_b.keys()
+    for pid in state_a:
+        assert all(torch.equal(state_a[pid][k], state_b[pid][k]) for k in state_a[pid])
+
+
+def _nan_app(app, bad_calls):
+    calls = {"n": 0}
+
+    def loss(model, batch, cfg):
+        calls["n"] += 1
+        value, logs = app.loss(model, batch, cfg)
+        return (value * math.nan if calls["n"] in bad_calls else value), logs
+
+    return dataclasses.replace(app, name="toy_nan", loss=loss)
+
+
+def test_non_finite_steps_are_skipped_counted_and_leave_weights_alone(app, tmp_path):
+    messages = []
+
+    class Collect(Reporter):
+        def warn(self, message):
+            messages.append(message)
+
+    nan_app = _nan_app(app, bad_calls={3, 4})
+    config = nan_app.make_config("smoke", FAST + ["train.steps=5", "train.spectral_iters=0"])
+    trainer = Trainer(nan_app, config, tmp_path / "run", reporter=Collect())
+    result = trainer.fit()
+    assert result.skipped_steps == 2
+    assert any("step 3: non-finite loss or gradient; step skipped (1 in a row, 1 in total)" in m for m in messages)
+    assert _records(tmp_path / "run")[-1]["skipped_steps"] == 2
+
+
+def test_gradient_nan_is_skipped_too(app, tmp_path):
+    class NanGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * math.nan
+
+    def loss(model, batch, cfg):
+        x, y = batch
+        logits = NanGrad.apply(model(x))
+        return torch.nn.functional.cross_entropy(logits, y), {}
+
+    bad = dataclasses.replace(app, loss=loss)
+    config = bad.make_config("smoke", FAST + ["train.steps=3", "train.max_bad_steps=5", "train.spectral_iters=0"])
+    trainer = Trainer(bad, config, None)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    assert trainer.fit().skipped_steps == 3
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+
+
+def test_too_many_bad_steps_in_a_row_stop_training_and_keep_the_last_checkpoint(app, tmp_path):
+    nan_app = _nan_app(app, bad_calls=set(range(10, 100)))
+    config = nan_app.make_config("smoke", FAST + ["train.max_bad_steps=3", "train.spectral_iters=0"])
+    with pytest.raises(TrainingError, match="stopping at step 12: 3 non-finite steps in a row"):
+        train(nan_app, config, tmp_path / "run")
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors").step == 8
+
+
+def test_bf16_autocast_path_trains_on_cpu(app):
+    config = app.make_config("smoke", FAST + ["train.amp=bf16", "train.steps=4", "train.spectral_iters=0",
+                                              "solver=iteration", "tol=1e-2"])
+    result = Trainer(app, config, None).fit()
+    assert result.step == 4 and math.isfinite(result.metrics["nll"])
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    cfg = TrainConfig(steps=100, warmup=10, decay="cosine")
+    assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(55, cfg) == pytest.approx(0.5) and lr_factor(100, cfg) == pytest.approx(0.0)
+    assert lr_factor(50, TrainConfig(steps=100, decay="linear")) == pytest.approx(0.5)
+    assert lr_factor(99, TrainConfig(steps=100, decay="none")) == 1.0
+
+
+def test_data_order_is_a_function_of_seed_and_epoch_and_ranks_are_disjoint():
+    one = EpochBatches(100, 10, seed=3)
+    assert one.batches(2) == EpochBatches(100, 10, seed=3).batches(2)
+    assert one.batches(2) != one.batches(3) and one.batches(2) != EpochBatches(100, 10, seed=4).batches(2)
+    ranks = [EpochBatches(100, 10, seed=3, rank=r, world=2).batches(0) for r in range(2)]
+    seen = [i for rank in ranks for batch in rank for i in batch]
+    assert len(seen) == len(set(seen)) == 100
