@@ -1,0 +1,152 @@
+"""Slot attention application: the step is the paper's update, gradients match their definitions, the
+module is permutation equivariant, and the application trains end to end through the trainer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from applications.slot_attention.model import SlotAttention, SlotAttentionStep, SlotAutoencoder
+from deqkit import FixedPoint
+from deqkit.train import load_application, train
+
+torch.set_num_threads(1)
+B, N, D, K, S = 2, 10, 12, 4, 8
+
+
+def _module(backward: str = "unrolled", iters: int = 3) -> SlotAttention:
+    torch.manual_seed(0)
+    return SlotAttention(K, D, S, mlp_hidden=16, iters=iters, backward=backward).double()
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return (torch.randn(B, N, D, generator=gen, dtype=torch.float64),
+            torch.randn(B, K, S, generator=gen, dtype=torch.float64))
+
+
+def _manual_step(step: SlotAttentionStep, slots, k, v):
+    """The update written out independently: softmax over slots, weighted mean over inputs, GRU, MLP."""
+    q = step.to_q(step.norm_slots(slots))
+    logits = (q @ k.transpose(1, 2)) / S**0.5  # [B,K,N]
+    attn = torch.softmax(logits, dim=1) + step.eps
+    attn = attn / attn.sum(-1, keepdim=True)
+    updates = attn @ v
+    gru = step.gru
+    x, h = updates.reshape(-1, S), slots.reshape(-1, S)
+    gi, gh = x @ gru.weight_ih.T + gru.bias_ih, h @ gru.weight_hh.T + gru.bias_hh
+    r = torch.sigmoid(gi[:, :S] + gh[:, :S])
+    z = torch.sigmoid(gi[:, S:2 * S] + gh[:, S:2 * S])
+    n = torch.tanh(gi[:, 2 * S:] + r * gh[:, 2 * S:])
+    new = ((1 - z) * n + z * h).reshape(B, K, S)
+    return new + step.mlp(step.norm_mlp(new))
+
+
+def test_shapes_and_attention_normalisation():
+    sa = _module()
+    inputs, _ = _inputs()
+    slots, attn, info = sa(inputs)
+    assert slots.shape == (B, K, S) and attn.shape == (B, K, N)
+    torch.testing.assert_close(attn.sum(-1), torch.ones(B, K, dtype=attn.dtype))
+    assert info.nfe.tolist() == [3, 3]
+
+
+def test_step_is_the_paper_update_and_fixed_point_is_the_loop():
+    sa = _module(iters=4)
+    inputs, slots0 = _inputs()
+    x = sa.norm_inputs(inputs)
+    k, v = sa.to_k(x), sa.to_v(x)
+    expected = slots0
+    for _ in range(4):
+        expected = _manual_step(sa.step, expected, k, v)
+    torch.testing.assert_close(sa.step(slots0, k, v), _manual_step(sa.step, slots0, k, v))
+    slots, _, _ = sa(inputs, slots0)
+    torch.testing.assert_close(slots, expected)
+    fp = FixedPoint(sa.step, solver="iteration", backward="unrolled", tol=None, max_iter=4)
+    torch.testing.assert_close(fp(slots0, k, v)[0], expected)
+
+
+def test_neumann_gradient_is_one_step_from_detached_slots():
+    sa = _module(backward="neumann", iters=3)
+    inputs, slots0 = _inputs()
+    inputs.requires_grad_(True)
+    slots, _, _ = sa(inputs, slots0)
+    grads = torch.autograd.grad(slots.square().sum(), [inputs, *sa.parameters()], allow_unused=True)
+
+    x = sa.norm_inputs(inputs)
+    k, v = sa.to_k(x), sa.to_v(x)
+    with torch.no_grad():
+        z = slots0
+        for _ in range(3):
+            z = sa.step(z, k, v)
+    oracle = sa.step(z.detach(), k, v)
+    torch.testing.assert_close(slots, oracle)
+    expected = torch.autograd.grad(oracle.square().sum(), [inputs, *sa.parameters()], allow_unused=True)
+    for got, want in zip(grads, expected):
+        assert (got is None) == (want is None)
+        if got is not None:
+            torch.testing.assert_close(got, want)
+    assert grads[1 + [n for n, _ in sa.named_parameters()].index("mu")] is None  # the start is detached
+
+
+def test_unrolled_gradient_differs_from_neumann_and_reaches_the_initialisation():
+    inputs, slots0 = _inputs()
+    unrolled, neumann = _module("unrolled"), _module("neumann")
+    g_u = torch.autograd.grad(unrolled(inputs)[0].sum(), unrolled.mu)[0]
+    assert g_u.abs().sum() > 0
+    p_u = torch.autograd.grad(unrolled(inputs, slots0)[0].sum(), unrolled.step.to_q.weight)[0]
+    p_n = torch.autograd.grad(neumann(inputs, slots0)[0].sum(), neumann.step.to_q.weight)[0]
+    assert not torch.allclose(p_u, p_n)
+
+
+def test_permutation_equivariance_over_slots_and_invariance_over_inputs():
+    sa = _module()
+    inputs, slots0 = _inputs()
+    slots, attn, _ = sa(inputs, slots0)
+    perm_k, perm_n = torch.randperm(K), torch.randperm(N)
+    slots_p, attn_p, _ = sa(inputs, slots0[:, perm_k])
+    torch.testing.assert_close(slots_p, slots[:, perm_k])
+    torch.testing.assert_close(attn_p, attn[:, perm_k])
+    slots_n, attn_n, _ = sa(inputs[:, perm_n], slots0)
+    torch.testing.assert_close(slots_n, slots)
+    torch.testing.assert_close(attn_n, attn[:, :, perm_n])
+
+
+@pytest.mark.parametrize("backward", ["unrolled", "neumann", "ift", "phantom"])
+def test_autoencoder_outputs_and_every_backward_trains(backward):
+    torch.manual_seed(0)
+    model = SlotAutoencoder(16, num_slots=3, slot_dim=8, channels=8, mlp_hidden=8, encoder_layers=2,
+                            encoder_kernel=3, decoder_grid=4, backward=backward)
+    image = torch.rand(2, 3, 16, 16)
+    out = model(image)
+    assert out["recon"].shape == (2, 3, 16, 16) and out["masks"].shape == (2, 3, 16, 16)
+    assert out["rgb"].shape == (2, 3, 3, 16, 16) and out["attn"].shape == (2, 3, 256)
+    torch.testing.assert_close(out["masks"].sum(1), torch.ones(2, 16, 16))
+    torch.testing.assert_close(out["recon"], (out["masks"].unsqueeze(2) * out["rgb"]).sum(1))
+    (out["recon"] - image).square().mean().backward()
+    assert model.encoder.cnn[0].weight.grad.abs().sum() > 0
+
+
+def test_smoke_preset_trains_through_the_trainer(tmp_path):
+    app = load_application("applications/slot_attention")
+    assert app.default_preset == "cpu" and {"smoke", "cpu", "paper"} <= set(app.presets)
+    config = app.make_config("smoke")
+    result = train(app, config, tmp_path / "run", preset="smoke")
+    assert result.step == config.train.steps and result.checkpoint.exists()
+    assert {"fg_ari", "ari", "miou", "mse"} <= set(result.metrics)
+    assert 0.0 <= result.metrics["mse"] < 1.0 and -1.0 <= result.metrics["fg_ari"] <= 1.0
+    assert list((tmp_path / "run" / "images").glob("step_*.png"))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("solver" in r for r in records)
+
+
+def test_presets_resolve_and_unknown_keys_are_errors():
+    app = load_application("applications/slot_attention")
+    paper = app.make_config("paper")
+    assert (paper.data.image_size, paper.num_slots, paper.iters, paper.train.lr, paper.train.warmup) == \
+        (128, 7, 3, 4e-4, 10_000)
+    assert app.make_config("cpu", ["backward=unrolled"]).backward == "unrolled"
+    with pytest.raises(ValueError, match="unknown config key"):
+        app.make_config("cpu", ["slots=3"])
