@@ -37,7 +37,7 @@ def active_length(info: Any) -> torch.Tensor:
 def residual_curves(info: Any) -> dict[str, torch.Tensor]:
     """Per-iteration summaries of the batch's residuals, each a [T] tensor (float64).
 
-    Keys: ``mean``, ``max``, ``min``, ``median``, ``geomean`` (the geometric mean, the natural average of
+    Keys: ``mean``, ``max``, ``min``, ``median`` (midpoint of the middle two for an even count), ``geomean`` (the geometric mean, the natural average of
     quantities that fall geometrically) and ``active`` (fraction of samples still running). Non-finite
     residuals (diverged samples) are left out of the statistics; an iteration where none is finite gives NaN.
     """
@@ -52,7 +52,7 @@ def residual_curves(info: Any) -> dict[str, torch.Tensor]:
     geomean = torch.where(count > 0, (log_mean / count.clamp_min(1)).exp(), nan)
     high = torch.where(finite, trace, torch.full_like(trace, -float("inf"))).amax(dim=1)
     low = torch.where(finite, trace, torch.full_like(trace, float("inf"))).amin(dim=1)
-    median = torch.where(finite, trace, torch.full_like(trace, float("nan"))).nanmedian(dim=1).values
+    median = torch.where(finite, trace, torch.full_like(trace, float("nan"))).nanquantile(0.5, dim=1)
     active = active_length(info)
     steps = torch.arange(trace.shape[0], device=trace.device)
     running = (steps[:, None] < active[None, :]).double().mean(dim=1)
@@ -134,7 +134,7 @@ def summarize(info: Any) -> dict[str, float]:
     def stat(x: torch.Tensor, how: str) -> float:
         if x.numel() == 0:
             return float("nan")
-        return float(getattr(x, how)()) if how != "median" else float(x.median())
+        return float(getattr(x, how)()) if how != "median" else float(x.quantile(0.5))
 
     return {
         "fraction_converged": fraction_converged(info),
