@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from deqkit.errors import ConfigError
-from deqkit.solvers.base import SolveInfo, StopMode
+from deqkit.solvers.base import SolveInfo, StopMode, is_transformed
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class GMRES:
         if not (isinstance(self.restart, int) and self.restart >= 1):
             raise ConfigError(f"GMRES(restart={self.restart!r}) is invalid; restart must be an integer >= 1")
 
+    @torch.compiler.disable  # data-dependent loop: run eagerly under torch.compile
     def solve(
         self,
         matvec: Callable[[torch.Tensor], torch.Tensor],
@@ -37,7 +38,7 @@ class GMRES:
         stop_mode: StopMode = "rel",
     ) -> tuple[torch.Tensor, SolveInfo]:
         """x with ‖b − A x‖ ≤ tol (abs) or ≤ tol·‖b‖ (rel) per sample, within ``max_iter`` products."""
-        batch = b.shape[0]
+        batch, tiny = b.shape[0], torch.finfo(b.dtype).tiny
         b_norm = torch.linalg.vector_norm(b, dim=1)
         threshold = tol * b_norm if stop_mode == "rel" else torch.full_like(b_norm, tol)
         scale = b_norm.clamp_min(torch.finfo(b.dtype).tiny) if stop_mode == "rel" else torch.ones_like(b_norm)
@@ -47,31 +48,32 @@ class GMRES:
         done = torch.linalg.vector_norm(r, dim=1) <= threshold
         trace: list[torch.Tensor] = []
         used = 0
-        while used < max_iter and not bool(done.all()):
+        while used < max_iter and (is_transformed(done) or not bool(done.all())):
             beta = torch.linalg.vector_norm(r, dim=1)
-            basis = [r / beta.clamp_min(torch.finfo(b.dtype).tiny)[:, None]]
-            hessenberg = b.new_zeros(batch, self.restart + 1, self.restart)
+            basis = [r / beta.clamp_min(tiny)[:, None]]
+            columns: list[torch.Tensor] = []  # column j of the Hessenberg matrix, [B, j + 2]
             y = None
             for j in range(min(self.restart, max_iter - used)):
                 w = matvec(basis[j])
                 used += 1
-                nfe += (~done).long()
-                for i, v in enumerate(basis):  # modified Gram-Schmidt
+                nfe = nfe + (~done).long()
+                entries = []
+                for v in basis:  # modified Gram-Schmidt
                     h = (w * v).sum(1)
-                    hessenberg[:, i, j] = h
+                    entries.append(h)
                     w = w - h[:, None] * v
                 h_next = torch.linalg.vector_norm(w, dim=1)
-                hessenberg[:, j + 1, j] = h_next
-                breakdown = h_next <= 1e-12 * beta.clamp_min(torch.finfo(b.dtype).tiny)
-                basis.append(torch.where(breakdown[:, None], 0.0, w / h_next.clamp_min(torch.finfo(b.dtype).tiny)[:, None]))
-                small = hessenberg[:, : j + 2, : j + 1]
-                rhs = b.new_zeros(batch, j + 2)
-                rhs[:, 0] = beta
+                columns.append(torch.stack(entries + [h_next], 1))
+                breakdown = h_next <= 1e-12 * beta.clamp_min(tiny)
+                basis.append(torch.where(breakdown[:, None], 0.0, w / h_next.clamp_min(tiny)[:, None]))
+                # Built without in-place writes so that torch.func transforms can trace it.
+                small = torch.stack([torch.nn.functional.pad(c, (0, j + 2 - c.shape[1])) for c in columns], 2)
+                rhs = torch.nn.functional.pad(beta[:, None], (0, j + 1))
                 y = (torch.linalg.pinv(small) @ rhs[:, :, None]).squeeze(2)
                 res = torch.linalg.vector_norm(rhs - (small @ y[:, :, None]).squeeze(2), dim=1)
                 done = done | (res <= threshold)
                 trace.append(res / scale)
-                if bool(done.all()):
+                if not is_transformed(done) and bool(done.all()):
                     break
             x = x + torch.einsum("bk,kbd->bd", y, torch.stack(basis[: y.shape[1]]))
             r = b - matvec(x)

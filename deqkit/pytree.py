@@ -36,8 +36,15 @@ class StateSpec:
         """Per-sample size D of the flat view."""
         return sum(self.numels)
 
+    @property
+    def is_matrix(self) -> bool:
+        """True when the state is one ``[B, D]`` tensor, so flattening is the identity."""
+        return self.treedef.is_leaf() and len(self.shapes[0]) == 1
+
     def flatten(self, state: State) -> torch.Tensor:
         """State -> ``[B, D]`` (a view when the state is a single tensor of the flat dtype)."""
+        if self.is_matrix and isinstance(state, torch.Tensor):
+            return state
         leaves = pytree.tree_leaves(state)
         if len(leaves) == 1:
             return leaves[0].reshape(leaves[0].shape[0], -1).to(self.dtype)
@@ -45,6 +52,8 @@ class StateSpec:
 
     def unflatten(self, flat: torch.Tensor) -> State:
         """``[B, D]`` -> state with this spec's structure, shapes and dtypes."""
+        if self.is_matrix:
+            return flat
         batch = flat.shape[0]
         if len(self.shapes) == 1:
             leaves = [flat.reshape(batch, *self.shapes[0]).to(self.dtypes[0])]
@@ -84,15 +93,20 @@ def spec_of(state: State) -> StateSpec:
 def flat_map(f: Callable[[State], State], spec: StateSpec) -> Callable[[torch.Tensor], torch.Tensor]:
     """Wrap a state map ``f`` as a map on the flat ``[B, D]`` view described by ``spec``."""
 
+    checked = False
+
     def f_flat(z: torch.Tensor) -> torch.Tensor:
+        nonlocal checked
         out = f(spec.unflatten(z))
-        out_spec = spec_of(out)
-        if out_spec.treedef != spec.treedef or out_spec.shapes != spec.shapes:
-            raise ValueError(
-                "f must return a state with the same structure and shapes as its input; "
-                f"got {out_spec.treedef} with shapes {list(out_spec.shapes)}, "
-                f"expected {spec.treedef} with shapes {list(spec.shapes)}"
-            )
+        if not checked:  # the structure cannot change between calls of the same f: check it once
+            out_spec = spec_of(out)
+            if out_spec.treedef != spec.treedef or out_spec.shapes != spec.shapes:
+                raise ValueError(
+                    "f must return a state with the same structure and shapes as its input; "
+                    f"got {out_spec.treedef} with shapes {list(out_spec.shapes)}, "
+                    f"expected {spec.treedef} with shapes {list(spec.shapes)}"
+                )
+            checked = True
         return spec.flatten(out)
 
     return f_flat

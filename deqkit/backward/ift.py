@@ -15,7 +15,7 @@ from deqkit.backward.base import BackwardEstimator
 from deqkit.errors import ConfigError, unknown_choice
 from deqkit.linear import GMRES
 from deqkit.solvers import SOLVERS, Solver, resolve_solver
-from deqkit.solvers.base import STOP_MODES, FlatMap, SolveInfo, StopMode
+from deqkit.solvers.base import STOP_MODES, FlatMap, SolveInfo, StopMode, is_transformed
 
 LINEAR_SOLVERS = {"gmres": GMRES, **SOLVERS}
 
@@ -40,11 +40,15 @@ class IFT(BackwardEstimator):
             raise unknown_choice("stop_mode", self.stop_mode, STOP_MODES)
 
     def attach(self, f: FlatMap, z_star: torch.Tensor) -> torch.Tensor:
+        if is_transformed(z_star):
+            # Inside torch.func transforms requires_grad_ is not allowed: the backward re-linearises f
+            # at z* with torch.func.vjp instead of reusing the recorded graph.
+            return _AdjointIdentity.apply(f(z_star), z_star, self, f)
         z_in = z_star.detach().requires_grad_()
         z_out = f(z_in)
         if not z_out.requires_grad:  # f has no trainable dependence: nothing to differentiate
             return z_out
-        return _AdjointIdentity.apply(z_out, z_in, self)
+        return _AdjointIdentity.apply(z_out, z_in, self, None)
 
     def solve_adjoint(self, vjp, v: torch.Tensor) -> tuple[torch.Tensor, SolveInfo]:
         """g with g = Jᵀg + v, given ``vjp(g) = Jᵀg`` on [B, D]."""
@@ -58,23 +62,35 @@ class IFT(BackwardEstimator):
 class _AdjointIdentity(torch.autograd.Function):
     """Identity forward; backward replaces ∂ℓ/∂z* by the adjoint solution g."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, z_out: torch.Tensor, z_in: torch.Tensor, estimator: IFT) -> torch.Tensor:
-        ctx.save_for_backward(z_out, z_in)
-        ctx.estimator = estimator
+    def forward(z_out: torch.Tensor, z_in: torch.Tensor, estimator: IFT, f: FlatMap | None) -> torch.Tensor:
         return z_out.view_as(z_out)
 
     @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        z_out, z_in, estimator, f = inputs
+        ctx.save_for_backward(z_out, z_in)
+        ctx.estimator, ctx.f = estimator, f
+
+    @staticmethod
     def backward(ctx, v: torch.Tensor):
-        if torch.is_grad_enabled():
+        # create_graph=True turns grad mode on here; torch.func.grad does too, but then v is a wrapped tensor.
+        if torch.is_grad_enabled() and not is_transformed(v):
             raise RuntimeError(
                 "double backward through deqkit's IFT gradient is not supported (it would be silently wrong); "
                 "use backward='unrolled' or Neumann(k) / Phantom(k) for higher-order derivatives"
             )
         z_out, z_in = ctx.saved_tensors
+        if ctx.f is None:
 
-        def vjp(g: torch.Tensor) -> torch.Tensor:
-            return torch.autograd.grad(z_out, z_in, g, retain_graph=True)[0]
+            def vjp(g: torch.Tensor) -> torch.Tensor:
+                return torch.autograd.grad(z_out, z_in, g, retain_graph=True)[0]
+
+        else:
+            _, vjp_fn = torch.func.vjp(ctx.f, z_in.detach())
+            vjp = lambda g: vjp_fn(g)[0]  # noqa: E731
 
         g, _ = ctx.estimator.solve_adjoint(vjp, v)
-        return g, None, None
+        return g, None, None, None

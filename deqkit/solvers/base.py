@@ -39,6 +39,11 @@ class SolveInfo:
         return self.trace.shape[0]
 
 
+def is_transformed(tensor: torch.Tensor) -> bool:
+    """True inside torch.func transforms (e.g. vmap), where tensors cannot be read by Python control flow."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(tensor)
+
+
 def relative(abs_res: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
     """‖f(z) − z‖ / ‖f(z)‖ per sample, from the abs residual [B] and f(z) [B, D]."""
     return abs_res / (torch.linalg.vector_norm(fz, dim=1) + _EPS)
@@ -84,6 +89,10 @@ class Progress:
         return abs_res
 
     def finished(self) -> bool:
+        # Under torch.func transforms (vmap, grad) a tensor cannot steer Python control flow: run all
+        # max_iter iterations there; stopped samples are frozen either way, so the result is the same.
+        if is_transformed(self.active):
+            return False
         return not bool(self.active.any())
 
     def next_state(self, z_next: torch.Tensor) -> torch.Tensor:
@@ -125,18 +134,21 @@ class Solver:
     def _update(self, state: object, z: torch.Tensor, fz: torch.Tensor, abs_res: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @torch.compiler.disable  # a data-dependent loop: torch.compile runs it eagerly instead of recompiling
     def solve(
         self, f: FlatMap, z0: torch.Tensor, *, tol: float | None, max_iter: int, stop_mode: StopMode
     ) -> tuple[torch.Tensor, SolveInfo]:
         state, z = self._start(z0), z0
-        if tol is None:
-            residuals = []
+        if tol is None:  # the lean loop: two norms of bookkeeping per step, divided once at the end
+            residuals, norms = [], []
             for _ in range(max_iter):
                 fz = f(z)
                 abs_res = torch.linalg.vector_norm(fz - z, dim=1)
-                residuals.append(relative(abs_res, fz) if stop_mode == "rel" else abs_res)
+                residuals.append(abs_res)
+                if stop_mode == "rel":
+                    norms.append(torch.linalg.vector_norm(fz, dim=1))
                 z = self._update(state, z, fz, abs_res)
-            return z, fixed_count_info(residuals, z)
+            return z, fixed_count_info(residuals, norms, z)
         progress = Progress(z0, tol, stop_mode, self.divergence_ratio)
         for _ in range(max_iter):
             fz = f(z)
@@ -147,13 +159,15 @@ class Solver:
         return progress.result()
 
 
-def fixed_count_info(residuals: list[torch.Tensor], z: torch.Tensor) -> SolveInfo:
-    """Info for a fixed-count run from each step's residual [B]: nothing converged by definition.
+def fixed_count_info(residuals: list[torch.Tensor], norms: list[torch.Tensor], z: torch.Tensor) -> SolveInfo:
+    """Info for a fixed-count run from each step's ‖f(z) − z‖ (and ‖f(z)‖ in rel mode): nothing converged.
 
     The residual reported is that of the second-to-last iterate (the last step's size), which costs no
     extra evaluation of f.
     """
     trace = torch.stack(residuals).detach()
+    if norms:
+        trace = trace / (torch.stack(norms).detach() + _EPS)
     batch = z.shape[0]
     residual = trace[-1]
     finite = torch.isfinite(z).all(1) & torch.isfinite(residual)
