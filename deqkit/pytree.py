@@ -7,6 +7,7 @@ the structure they gave.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -36,7 +37,7 @@ class StateSpec:
         """Per-sample size D of the flat view."""
         return sum(self.numels)
 
-    @property
+    @functools.cached_property
     def is_matrix(self) -> bool:
         """True when the state is one ``[B, D]`` tensor, so flattening is the identity."""
         return self.treedef.is_leaf() and len(self.shapes[0]) == 1
@@ -95,18 +96,31 @@ def flat_map(f: Callable[[State], State], spec: StateSpec) -> Callable[[torch.Te
 
     checked = False
 
-    def f_flat(z: torch.Tensor) -> torch.Tensor:
+    def check(out: State) -> None:
         nonlocal checked
+        out_spec = spec_of(out)
+        if out_spec.treedef != spec.treedef or out_spec.shapes != spec.shapes:
+            raise ValueError(
+                "f must return a state with the same structure and shapes as its input; "
+                f"got {out_spec.treedef} with shapes {list(out_spec.shapes)}, "
+                f"expected {spec.treedef} with shapes {list(spec.shapes)}"
+            )
+        checked = True
+
+    if spec.is_matrix:  # the common [B, D] case: no reshaping, one flag test per call
+
+        def f_matrix(z: torch.Tensor) -> torch.Tensor:
+            out = f(z)
+            if not checked:  # the structure cannot change between calls of the same f: check it once
+                check(out)
+            return out
+
+        return f_matrix
+
+    def f_flat(z: torch.Tensor) -> torch.Tensor:
         out = f(spec.unflatten(z))
-        if not checked:  # the structure cannot change between calls of the same f: check it once
-            out_spec = spec_of(out)
-            if out_spec.treedef != spec.treedef or out_spec.shapes != spec.shapes:
-                raise ValueError(
-                    "f must return a state with the same structure and shapes as its input; "
-                    f"got {out_spec.treedef} with shapes {list(out_spec.shapes)}, "
-                    f"expected {spec.treedef} with shapes {list(spec.shapes)}"
-                )
-            checked = True
+        if not checked:
+            check(out)
         return spec.flatten(out)
 
     return f_flat
