@@ -5,7 +5,7 @@ is a contraction for every V: the fixed point exists, is unique, and plain itera
 solve both converge. The layer is ``deqkit.FixedPoint(step)``; swapping the gradient is one argument:
 ``backward=IFT()`` (exact implicit gradient) or ``backward=Neumann(1)`` (one step through f, Jacobian-free).
 
-Run:  python examples/tanh_deq.py [--steps 300] [--quick]
+Run:  python examples/tanh_deq.py [--steps 200] [--quick]
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def train(backward: deqkit.backward.BackwardEstimator, steps: int, n: int, hidde
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300, help="Adam steps per gradient estimator")
+    parser.add_argument("--steps", type=int, default=200, help="Adam steps per gradient estimator")
     parser.add_argument("--quick", action="store_true", help="a few seconds: 60 steps on 256 points")
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
