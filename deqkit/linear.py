@@ -1,9 +1,9 @@
 """Batched restarted GMRES for the per-sample linear systems of implicit differentiation.
 
 Solves A x = b for every sample of a ``[B, D]`` batch at once, where ``matvec`` applies a block-diagonal A
-(one block per sample), e.g. A = I − Jᵀ for the IFT adjoint system. The small least-squares problem of each
-Arnoldi step is solved with a pseudo-inverse so that samples that already converged (Krylov breakdown) stay
-put while the others go on.
+(one block per sample), e.g. A = I − Jᵀ for the IFT adjoint system. Each Arnoldi step updates a QR factorisation
+of the Hessenberg matrix by Givens rotations, which gives every sample's residual norm for free; samples
+whose Krylov space is exhausted get unit pivots and stay put while the others go on.
 """
 
 from __future__ import annotations
@@ -41,44 +41,54 @@ class GMRES:
         batch, tiny = b.shape[0], torch.finfo(b.dtype).tiny
         b_norm = torch.linalg.vector_norm(b, dim=1)
         threshold = tol * b_norm if stop_mode == "rel" else torch.full_like(b_norm, tol)
-        scale = b_norm.clamp_min(torch.finfo(b.dtype).tiny) if stop_mode == "rel" else torch.ones_like(b_norm)
-        x = torch.zeros_like(b)
-        r = b
+        scale = b_norm.clamp_min(tiny) if stop_mode == "rel" else torch.ones_like(b_norm)
+        x, r = torch.zeros_like(b), b
+        res = b_norm
         nfe = torch.zeros(batch, dtype=torch.long, device=b.device)
-        done = torch.linalg.vector_norm(r, dim=1) <= threshold
+        done = res <= threshold
         trace: list[torch.Tensor] = []
         used = 0
         while used < max_iter and (is_transformed(done) or not bool(done.all())):
+            if used:
+                r = b - matvec(x)  # the true residual at each restart
             beta = torch.linalg.vector_norm(r, dim=1)
             basis = [r / beta.clamp_min(tiny)[:, None]]
-            columns: list[torch.Tensor] = []  # column j of the Hessenberg matrix, [B, j + 2]
-            y = None
+            rotations: list[tuple[torch.Tensor, torch.Tensor]] = []
+            columns: list[torch.Tensor] = []  # columns of the triangular factor R, [B, j + 1] each
+            g = [beta]  # the rotated right-hand side β e₁; |g[j + 1]| is the residual norm
             for j in range(min(self.restart, max_iter - used)):
                 w = matvec(basis[j])
                 used += 1
                 nfe = nfe + (~done).long()
-                entries = []
+                h = []
                 for v in basis:  # modified Gram-Schmidt
-                    h = (w * v).sum(1)
-                    entries.append(h)
-                    w = w - h[:, None] * v
+                    h.append((w * v).sum(1))
+                    w = w - h[-1][:, None] * v
                 h_next = torch.linalg.vector_norm(w, dim=1)
-                columns.append(torch.stack(entries + [h_next], 1))
                 breakdown = h_next <= 1e-12 * beta.clamp_min(tiny)
                 basis.append(torch.where(breakdown[:, None], 0.0, w / h_next.clamp_min(tiny)[:, None]))
-                # Built without in-place writes so that torch.func transforms can trace it.
-                small = torch.stack([torch.nn.functional.pad(c, (0, j + 2 - c.shape[1])) for c in columns], 2)
-                rhs = torch.nn.functional.pad(beta[:, None], (0, j + 1))
-                y = (torch.linalg.pinv(small) @ rhs[:, :, None]).squeeze(2)
-                res = torch.linalg.vector_norm(rhs - (small @ y[:, :, None]).squeeze(2), dim=1)
+                for i, (c, s_) in enumerate(rotations):  # earlier Givens rotations, then a new one
+                    h[i], h[i + 1] = c * h[i] + s_ * h[i + 1], c * h[i + 1] - s_ * h[i]
+                radius = torch.sqrt(h[j] ** 2 + h_next**2)
+                safe = radius > 0
+                c = torch.where(safe, h[j] / radius.clamp_min(tiny), 1.0)
+                s_ = torch.where(safe, h_next / radius.clamp_min(tiny), 0.0)
+                rotations.append((c, s_))
+                h[j] = torch.where(safe, radius, 1.0)  # a zero column (exhausted Krylov space) gets a unit pivot
+                g.append(-s_ * g[j])
+                g[j] = c * g[j]
+                columns.append(torch.stack(h[: j + 1], 1))
+                res = g[j + 1].abs()
                 done = done | (res <= threshold)
                 trace.append(res / scale)
                 if not is_transformed(done) and bool(done.all()):
                     break
-            x = x + torch.einsum("bk,kbd->bd", y, torch.stack(basis[: y.shape[1]]))
-            r = b - matvec(x)
-        residual = torch.linalg.vector_norm(b - matvec(x), dim=1) if used else torch.linalg.vector_norm(r, dim=1)
-        converged = residual <= threshold * (1 + 1e-6) + torch.finfo(b.dtype).eps * b_norm
+            k = len(columns)
+            upper = torch.stack([torch.nn.functional.pad(col, (0, k - col.shape[1])) for col in columns], 2)
+            y = torch.linalg.solve_triangular(upper, torch.stack(g[:k], 1)[:, :, None], upper=True).squeeze(2)
+            x = x + torch.einsum("bk,kbd->bd", y, torch.stack(basis[:k]))
+        residual = res
+        converged = residual <= threshold
         trace_t = torch.stack(trace) if trace else (residual / scale)[None]
         info = SolveInfo(
             nfe=nfe,
