@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping, TypeVar
+
+T = TypeVar("T")
 
 
 class DeqkitError(Exception):
@@ -23,3 +25,12 @@ def reject_unknown_options(where: str, unknown: dict, valid: Iterable[str]) -> N
     if unknown:
         key = next(iter(unknown))
         raise ConfigError(f"unknown option {key!r} for {where}; valid options: {', '.join(sorted(valid))}")
+
+
+def resolve_choice(kind: str, value: str | T, registry: Mapping[str, type[T]], base: type[T]) -> T:
+    """An object from a registered name (built with default parameters) or the object itself."""
+    if isinstance(value, base):
+        return value
+    if isinstance(value, str) and value in registry:
+        return registry[value]()
+    raise unknown_choice(kind, value, registry)

@@ -27,6 +27,7 @@ import torch
 
 import deqkit
 from deqkit.backward import IFT
+from deqkit.diagnostics import saved_tensor_bytes
 from deqkit.solvers import Anderson
 
 
@@ -61,25 +62,11 @@ def problem(batch: int, n: int, m: int, seed: int) -> tuple[torch.Tensor, torch.
     return torch.cdist(x, y) ** 2, alpha, beta
 
 
-def saved_bytes(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Run ``fn`` and count the bytes of the tensors autograd saves for backward while it runs."""
-    total = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, total
-
-
 def gradients(loss_fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> tuple[list[torch.Tensor], int, float]:
     """The gradient of ``loss_fn(*inputs)`` w.r.t. every input, the bytes saved for backward, and the time."""
     inputs = tuple(t.clone().requires_grad_() for t in inputs)
     start = time.perf_counter()
-    loss, nbytes = saved_bytes(lambda: loss_fn(*inputs))
+    loss, nbytes = saved_tensor_bytes(lambda: loss_fn(*inputs))
     grads = torch.autograd.grad(loss, inputs)
     return list(grads), nbytes, time.perf_counter() - start
 

@@ -7,6 +7,7 @@ import torch
 
 import deqkit
 from deqkit.backward import IFT, Neumann, Phantom, Unrolled
+from deqkit.diagnostics import saved_tensor_bytes
 from deqkit.linear import GMRES
 from deqkit.solvers import Anderson, Broyden, Iteration
 from tests.problems import contractive_matrix, dense_ift_grads, relative_error
@@ -152,20 +153,6 @@ def test_double_backward_through_neumann_is_the_derivative_of_its_approximation(
     torch.testing.assert_close(hx, hx2)
 
 
-def saved_bytes(fn) -> int:
-    """Bytes of distinct storages autograd saves for backward while ``fn`` runs."""
-    storages = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(storages.values())
-
-
 @pytest.mark.parametrize("backward", ["neumann", "ift", "phantom", "unrolled"])
 def test_memory_saved_for_backward_is_constant_except_for_unrolled(backward):
     gen = torch.Generator().manual_seed(0)
@@ -173,7 +160,7 @@ def test_memory_saved_for_backward_is_constant_except_for_unrolled(backward):
     x = torch.randn(16, 64, generator=gen)
     f = lambda z: torch.tanh(z @ w.T + x)  # noqa: E731
     sizes = [
-        saved_bytes(lambda n=n: deqkit.fixed_point(f, torch.zeros(16, 64), solver="iteration", backward=backward, tol=None, max_iter=n))
+        saved_tensor_bytes(lambda n=n: deqkit.fixed_point(f, torch.zeros(16, 64), solver="iteration", backward=backward, tol=None, max_iter=n))[1]
         for n in (5, 10, 20)
     ]
     if backward == "unrolled":

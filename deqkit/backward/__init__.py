@@ -7,7 +7,7 @@ from deqkit.backward.ift import IFT
 from deqkit.backward.neumann import Neumann
 from deqkit.backward.phantom import Phantom
 from deqkit.backward.unrolled import Unrolled
-from deqkit.errors import unknown_choice
+from deqkit.errors import resolve_choice
 
 ESTIMATORS: dict[str, type[BackwardEstimator]] = {
     "unrolled": Unrolled,
@@ -19,11 +19,7 @@ ESTIMATORS: dict[str, type[BackwardEstimator]] = {
 
 def resolve_backward(backward: str | BackwardEstimator) -> BackwardEstimator:
     """An estimator object from a name (default parameters) or the object itself."""
-    if isinstance(backward, BackwardEstimator):
-        return backward
-    if isinstance(backward, str) and backward in ESTIMATORS:
-        return ESTIMATORS[backward]()
-    raise unknown_choice("backward", backward, ESTIMATORS)
+    return resolve_choice("backward", backward, ESTIMATORS, BackwardEstimator)
 
 
 __all__ = ["BackwardEstimator", "ESTIMATORS", "IFT", "Neumann", "Phantom", "Unrolled", "resolve_backward"]

@@ -4,6 +4,7 @@ Instability in iterative refinement shows as a spectral norm / radius of âˆ‚f/âˆ
 and as residuals that stop falling; these functions make both visible for any fixed-point step.
 """
 
+from deqkit.diagnostics.memory import saved_tensor_bytes
 from deqkit.diagnostics.residuals import (
     active_length,
     convergence_rate,
@@ -21,6 +22,7 @@ __all__ = [
     "jacobian_frobenius",
     "nfe_histogram",
     "residual_curves",
+    "saved_tensor_bytes",
     "spectral_norm",
     "spectral_radius",
     "summarize",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deqkit.errors import unknown_choice
+from deqkit.errors import resolve_choice
 from deqkit.solvers.anderson import Anderson
 from deqkit.solvers.base import SolveInfo, Solver
 from deqkit.solvers.broyden import Broyden
@@ -13,11 +13,7 @@ SOLVERS: dict[str, type[Solver]] = {"iteration": Iteration, "anderson": Anderson
 
 def resolve_solver(solver: str | Solver) -> Solver:
     """A solver object from a name (default parameters) or the object itself."""
-    if isinstance(solver, Solver):
-        return solver
-    if isinstance(solver, str) and solver in SOLVERS:
-        return SOLVERS[solver]()
-    raise unknown_choice("solver", solver, SOLVERS)
+    return resolve_choice("solver", solver, SOLVERS, Solver)
 
 
 __all__ = ["Anderson", "Broyden", "Iteration", "SOLVERS", "SolveInfo", "Solver", "resolve_solver"]
