@@ -39,7 +39,7 @@ class TrainConfig:
     spectral_iters: int = 10  # power iterations for the logged spectral norm; 0 disables it
     amp: Literal["off", "bf16"] = "off"  # bf16 autocast for the forward pass
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: int | None = 2  # torch intra-op threads; None leaves torch's default (see docs/cli.md)
+    num_threads: int | None = 1  # torch intra-op threads (1 measured fastest on 2 cores, docs/cli.md); None: torch default
     num_workers: int = 0  # DataLoader worker processes
 
     def __post_init__(self) -> None:

@@ -26,6 +26,7 @@ class ToyConfig:
     train_size: int = 4096
     eval_size: int = 1024
     hidden: int = 32
+    fourier_scale: float = 1.0  # std of the fixed random frequencies of the input features
     solver: Literal["iteration", "anderson", "broyden"] = "anderson"
     backward: Literal["ift", "neumann", "phantom", "unrolled"] = "ift"
     tol: float = 1e-4
@@ -37,14 +38,15 @@ PRESETS = {
     "smoke": {"train": {"steps": 20, "batch_size": 32, "lr": 3e-3, "log_every": 5, "eval_every": 10,
                         "ckpt_every": 10, "image_every": 0, "spectral_iters": 3},
               "hidden": 8, "train_size": 256, "eval_size": 64, "max_iter": 15},
-    # about a minute on 2 CPU cores: accuracy climbs from 1/3 to above 0.9
-    "cpu": {"train": {"steps": 1500, "batch_size": 128, "lr": 3e-3, "warmup": 50, "log_every": 25}},
+    # under 2 minutes on 2 CPU cores: validation accuracy climbs from 1/3 to about 0.87
+    "cpu": {"train": {"steps": 800, "batch_size": 128, "lr": 3e-3, "warmup": 50, "log_every": 25,
+                      "eval_every": 200, "ckpt_every": 200, "image_every": 400}},
 }
 
 
 def build_model(cfg: ToyConfig) -> ToyDEQ:
     return ToyDEQ(cfg.hidden, cfg.arms, solver=cfg.solver, backward=cfg.backward, tol=cfg.tol,
-                  max_iter=cfg.max_iter)
+                  max_iter=cfg.max_iter, fourier_scale=cfg.fourier_scale)
 
 
 def build_dataset(cfg: ToyConfig, split: str) -> Spirals:
