@@ -94,3 +94,36 @@ def test_truncated_corrupt_foreign_and_other_app_checkpoints_are_rejected(tmp_pa
     _expect_one_line(tmp_path / "foreign.safetensors", "not a deqkit checkpoint")
     _expect_one_line(tmp_path / "missing.safetensors", "not found")
     _expect_one_line(tmp_path / "good.safetensors", "application 'demo', not 'other'", app="other")
+
+
+_WRITER = """
+import sys, torch
+from deqkit.train.checkpoint import Checkpoint, save_checkpoint
+weights = {"w": torch.randn(4_000_000)}  # 16 MB: a write takes long enough for kills to land inside it
+step = 0
+while True:
+    step += 1
+    save_checkpoint(sys.argv[1], Checkpoint(app="demo", app_path=None, step=step, config={}, model=weights))
+"""
+
+
+def test_sigkill_during_writes_leaves_a_loadable_checkpoint(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    path = tmp_path / "last.safetensors"
+    rng = random.Random(0)
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], env=env)
+        while not path.exists():
+            assert proc.poll() is None
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.05, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert load_checkpoint(path, app="demo").step >= 1

@@ -75,8 +75,7 @@ def train(
 ) -> None:
     """Train an application's model, writing checkpoints, metrics and pictures to a run directory.
 
-    Works unchanged under [bold]torchrun --nproc-per-node N -m deqkit train ...[/] (data parallel; only
-    rank 0 writes). Ctrl-C saves a checkpoint; continue with --resume.
+    Works unchanged under [bold]torchrun --nproc-per-node N -m deqkit train ...[/] (data parallel; only rank 0 writes). Ctrl-C saves a checkpoint; continue with --resume.
     """
     from deqkit.train.application import load_application
     from deqkit.train.checkpoint import load_checkpoint
@@ -136,7 +135,7 @@ def train(
 @app.command("eval")
 @one_line_errors
 def eval_(
-    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint written by deqkit train."),
+    checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT", help="A checkpoint (.safetensors) written by deqkit train"),
     split: str = typer.Option("test", help="Which split of the application's data to score."),
     batches: Optional[int] = typer.Option(None, min=1, help="Score only the first N batches."),
     json_: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object instead of a table."),
@@ -164,7 +163,7 @@ def eval_(
 @app.command()
 @one_line_errors
 def diagnose(
-    checkpoint: Path = typer.Argument(..., help="A .safetensors checkpoint written by deqkit train."),
+    checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT", help="A checkpoint (.safetensors) written by deqkit train"),
     batches: int = typer.Option(2, min=1, help="How many batches of the eval split to run."),
     split: Optional[str] = typer.Option(None, help="Split to use (default: the run's train.eval_split)."),
     json_file: Optional[Path] = typer.Option(None, "--json", metavar="FILE",
@@ -175,8 +174,7 @@ def diagnose(
 ) -> None:
     """Solver and gradient health of every fixed-point layer of a checkpoint's model.
 
-    Residual after each iteration, NFE, converged fraction, spectral norm and radius of df/dz at the fixed
-    point, and the cosine between the Neumann(1) and the exact IFT gradient of the training loss.
+    Residual after each iteration, NFE, converged fraction, spectral norm and radius of df/dz at the fixed point, and the cosine between the Neumann(1) and the exact IFT gradient of the training loss.
     """
     from deqkit.train.diagnose import diagnose as run_diagnose
     from deqkit.train.diagnose import write_plots

@@ -33,6 +33,8 @@ class RunDir:
     def create(self) -> None:
         for folder in (self.root, self.checkpoints, self.images):
             folder.mkdir(parents=True, exist_ok=True)
+        for stale in self.checkpoints.glob(".*.tmp-*"):  # left by a process killed while writing
+            stale.unlink(missing_ok=True)
 
     def write_config(self, payload: dict[str, Any]) -> None:
         atomic_write(self.config, (json.dumps(payload, indent=2) + "\n").encode())

@@ -56,6 +56,8 @@ class RunResult:
 
 def pick_device(kind: str, d: Dist) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a usage error."""
+    if kind not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"unknown device {kind!r}; use auto, cpu or cuda")
     if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise UsageError("--device cuda was requested but torch.cuda.is_available() is False "
