@@ -119,7 +119,7 @@ def test_spectral_radius_matches_dense_eigvals(family):
 
 def test_spectral_radius_within_5_percent_for_95_percent_of_non_normal_problems_where_power_iteration_fails():
     gen = torch.Generator().manual_seed(4)
-    batch, dim = 100, 64  # dim > krylov_dim, so the Krylov subspace never covers the whole space
+    batch, dim = 100, 96  # dim > krylov_dim (60), so the Krylov subspace never covers the whole space
     w = torch.cat([pair_w(gen, batch // 2, dim), qdt_w(gen, batch - batch // 2, dim)])
     f, z, jac = tanh_step(w, gen)
     truth = torch.linalg.eigvals(jac).abs().amax(dim=1)

@@ -31,13 +31,13 @@ RadiusMethod = Literal["arnoldi", "arpack"]
 NORM_METHODS = ("lanczos", "power")
 RADIUS_METHODS = ("arnoldi", "arpack")
 
-# Consecutive steps an estimate must stay within ``tol`` before a sample counts as settled. Krylov
-# estimates can plateau at the second singular value for a few steps before the first one appears (when
-# the random start barely touches the top singular vector); 5 steps for the norm keeps that to ~0.3% of
-# samples on Gaussian and non-normal test Jacobians at D = 32-128 (3 steps: ~1%). Arnoldi's Ritz values
-# for the radius stall less, and 3 steps already give every sample within 1% there (see benchmarks).
-_PATIENCE_NORM = 5
-_PATIENCE_RADIUS = 3
+# Consecutive steps an estimate must stay within ``tol`` before a sample counts as settled. A Krylov
+# estimate can plateau at the second singular value / eigenvalue for a few steps before the first one
+# appears (when the random start barely touches its direction). On the Gaussian and non-normal test
+# Jacobians of benchmarks/diagnostics.py (D = 32-256), 5 steps leave ~0.3% of samples more than 1% low for
+# the norm (3 steps: ~1%) for ~15% more products; for the radius ~0.6% of samples end more than 5% low
+# either way (a wrong plateau there lasts longer than any affordable patience).
+_PATIENCE = 5
 
 
 class _Linearised:
@@ -121,12 +121,11 @@ def _normalise(w: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 class _Settling:
-    """Per-sample stopping: a sample is done once its estimate moved by < tol (relative) ``patience`` times
+    """Per-sample stopping: a sample is done once its estimate moved by < tol (relative) ``_PATIENCE`` times
     in a row, or its Krylov subspace became invariant (the estimate is then exact)."""
 
-    def __init__(self, batch: int, tol: float, patience: int, device: torch.device):
+    def __init__(self, batch: int, tol: float, device: torch.device):
         self.tol = tol
-        self.patience = patience
         self.estimate = torch.zeros(batch, dtype=torch.float64, device=device)
         self.streak = torch.zeros(batch, dtype=torch.long, device=device)
         self.done = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -136,7 +135,7 @@ class _Settling:
         small = (new - self.estimate).abs() <= self.tol * new.abs()
         self.streak = torch.where(small, self.streak + 1, torch.zeros_like(self.streak))
         self.estimate = torch.where(self.done, self.estimate, new)
-        self.done = self.done | (self.streak >= self.patience)
+        self.done = self.done | (self.streak >= _PATIENCE)
         if exact is not None:
             self.done = self.done | exact
         return bool(self.done.all())
@@ -180,7 +179,7 @@ def spectral_norm(
 
 def _norm_power(op: _Linearised, iters: int, tol: float, generator: torch.Generator | None) -> torch.Tensor:
     v = op.random(generator)
-    settle = _Settling(op.batch, tol, _PATIENCE_NORM, op.z.device)
+    settle = _Settling(op.batch, tol, op.z.device)
     for _ in range(iters):
         u = op.mv(v)
         w = op.rmv(u)
@@ -204,7 +203,7 @@ def _norm_lanczos(op: _Linearised, iters: int, tol: float, generator: torch.Gene
     U = torch.zeros(batch, steps, dim, dtype=dtype, device=device)
     C = torch.zeros(batch, steps + 1, steps, dtype=torch.float64, device=device)
     V[:, 0] = op.random(generator)
-    settle = _Settling(batch, tol, _PATIENCE_NORM, device)
+    settle = _Settling(batch, tol, device)
     for j in range(steps):
         p = op.mv(V[:, j])
         scale = torch.linalg.vector_norm(p, dim=1)
@@ -227,7 +226,7 @@ def spectral_radius(
     z: State,
     *,
     method: RadiusMethod = "arnoldi",
-    krylov_dim: int = 40,
+    krylov_dim: int = 60,
     restarts: int = 5,
     tol: float = 1e-3,
     generator: torch.Generator | None = None,
@@ -238,7 +237,7 @@ def spectral_radius(
     step up to ``krylov_dim``; the eigenvalues of the small Hessenberg matrix (Ritz values) are computed
     after every step, complex ones included, so a dominant complex-conjugate pair (where power iteration
     oscillates forever) is found like any other eigenvalue. A sample stops once its largest |Ritz value|
-    changed by less than ``tol`` (relative) over three consecutive steps; a sample that has not settled
+    changed by less than ``tol`` (relative) over five consecutive steps; a sample that has not settled
     by ``krylov_dim`` steps restarts from the real span of its top Ritz vector, at most ``restarts``
     times. The products cost at most ``krylov_dim · (restarts + 1)`` JVPs for the whole batch.
 
@@ -268,7 +267,7 @@ def _radius_arnoldi(
     m = min(krylov_dim, dim)
     dtype, device = op.z.dtype, op.z.device
     rows = torch.arange(batch, device=device)
-    settle = _Settling(batch, tol, _PATIENCE_RADIUS, device)
+    settle = _Settling(batch, tol, device)
     start = op.random(generator)
     for _ in range(restarts + 1):
         V = torch.zeros(batch, m + 1, dim, dtype=dtype, device=device)
