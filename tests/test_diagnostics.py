@@ -257,12 +257,11 @@ def test_no_graph_and_no_model_change(grad):
 def test_float32_results_follow_the_state_dtype_and_device():
     gen = torch.Generator().manual_seed(13)
     f64, z64, jac = tanh_step(qdt_w(gen, 6, 16), gen)
-    w32 = torch.randn(1)  # f closes over float64 tensors; cast the state in and out as a float32 model would
-    f32 = lambda z: f64(z.double()).float()
+    f32 = lambda z: f64(z.double()).float()  # a float32 state in and out, as a float32 model would give
     z32 = z64.float()
     for fn, truth in ((spectral_norm, torch.linalg.svdvals(jac)[:, 0]), (spectral_radius, torch.linalg.eigvals(jac).abs().amax(1))):
         est = fn(f32, z32)
-        assert est.dtype == torch.float32 and est.device == z32.device == w32.device
+        assert est.dtype == torch.float32 and est.device == z32.device
         assert rel_err(est, truth).max() < 0.01
 
 

@@ -37,9 +37,10 @@ def active_length(info: Any) -> torch.Tensor:
 def residual_curves(info: Any) -> dict[str, torch.Tensor]:
     """Per-iteration summaries of the batch's residuals, each a [T] tensor (float64).
 
-    Keys: ``mean``, ``max``, ``min``, ``median`` (midpoint of the middle two for an even count), ``geomean`` (the geometric mean, the natural average of
-    quantities that fall geometrically) and ``active`` (fraction of samples still running). Non-finite
-    residuals (diverged samples) are left out of the statistics; an iteration where none is finite gives NaN.
+    Keys: ``mean``, ``max``, ``min``, ``median`` (midpoint of the middle two for an even count),
+    ``geomean`` (the geometric mean, the natural average of quantities that fall geometrically) and
+    ``active`` (fraction of samples still running). Non-finite residuals (diverged samples) are left out
+    of the statistics; an iteration where none is finite gives NaN.
     """
     trace = _trace(info)
     finite = trace.isfinite()

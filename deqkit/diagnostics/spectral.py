@@ -1,4 +1,4 @@
-"""Spectral diagnostics of a fixed-point step: ‖∂f/∂z‖₂, the spectral radius of ∂f/∂z, and ‖∂f/∂z‖_F².
+"""Spectral diagnostics of a fixed-point step: ‖∂f/∂z‖₂, the spectral radius ρ(∂f/∂z) and ‖∂f/∂z‖_F².
 
 A fixed-point iteration z ← f(z) is locally contractive when the spectral radius ρ(J) of J = ∂f/∂z at z* is
 below 1, and every iteration contracts when ‖J‖₂ < 1; both creeping towards 1 during training is how an
