@@ -38,9 +38,10 @@ PRESETS = {
     "smoke": {"train": {"steps": 20, "batch_size": 32, "lr": 3e-3, "log_every": 5, "eval_every": 10,
                         "ckpt_every": 10, "image_every": 0, "spectral_iters": 3},
               "hidden": 8, "train_size": 256, "eval_size": 64, "max_iter": 15},
-    # under 2 minutes on 2 CPU cores: validation accuracy climbs from 1/3 to about 0.87
-    "cpu": {"train": {"steps": 800, "batch_size": 128, "lr": 3e-3, "warmup": 50, "log_every": 25,
-                      "eval_every": 200, "ckpt_every": 200, "image_every": 400}},
+    # ~15 s on 2 CPU cores: validation accuracy climbs from 1/3 (chance) to about 0.9
+    # (weight decay keeps W contractive: without it ~7% of solves stop converging and accuracy drops)
+    "cpu": {"train": {"steps": 800, "batch_size": 128, "lr": 3e-3, "weight_decay": 0.1, "warmup": 50,
+                      "log_every": 25, "eval_every": 200, "ckpt_every": 200, "image_every": 400}},
 }
 
 
