@@ -39,8 +39,8 @@ class StateSpec:
 
     @functools.cached_property
     def is_matrix(self) -> bool:
-        """True when the state is one ``[B, D]`` tensor, so flattening is the identity."""
-        return self.treedef.is_leaf() and len(self.shapes[0]) == 1
+        """True when the state is one ``[B, D]`` tensor of the flat dtype, so flattening is the identity."""
+        return self.treedef.is_leaf() and len(self.shapes[0]) == 1 and self.dtypes[0] == self.dtype
 
     def flatten(self, state: State) -> torch.Tensor:
         """State -> ``[B, D]`` (a view when the state is a single tensor of the flat dtype)."""
@@ -82,6 +82,9 @@ def spec_of(state: State) -> StateSpec:
     dtype = leaves[0].dtype
     for leaf in leaves[1:]:
         dtype = torch.promote_types(dtype, leaf.dtype)
+    # Solvers keep their state and small linear algebra in at least float32 (bf16/fp16 have no LU and
+    # too few bits for Anderson's normal equations); f still sees the leaves' own dtypes.
+    dtype = torch.promote_types(dtype, torch.float32)
     return StateSpec(
         treedef=treedef,
         shapes=tuple(leaf.shape[1:] for leaf in leaves),

@@ -123,3 +123,22 @@ def test_torch_compile_of_a_model_with_a_fixed_point_layer():
     expected = torch.autograd.grad(eager.sum(), list(layer.parameters()))
     for a, b in zip(grads, expected):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("solver", ["anderson", "broyden"])
+def test_low_precision_states_solve_in_float32_and_keep_their_dtype(solver):
+    gen = torch.Generator().manual_seed(5)
+    w = contractive_matrix(8, 0.5, generator=gen, dtype=torch.float32).requires_grad_()
+    x = torch.randn(4, 8, generator=gen)
+    f = lambda z: torch.tanh(z @ w.T.bfloat16() + x.bfloat16())  # noqa: E731
+    z, info = deqkit.fixed_point(f, torch.zeros(4, 8, dtype=torch.bfloat16), solver=solver, tol=1e-2)
+    assert z.dtype == torch.bfloat16 and info.converged.all()
+    z.float().sum().backward()
+    assert torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
+
+
+def test_nan_cotangent_gives_nan_gradients_not_an_exception():
+    layer = deqkit.FixedPoint(TanhStep(4), tol=1e-6)
+    z, _ = layer(torch.zeros(2, 4), torch.randn(2, 4))
+    (z.sum() * float("nan")).backward()
+    assert torch.isnan(layer.step.w.grad).all()
