@@ -38,7 +38,7 @@ class GMRES:
         stop_mode: StopMode = "rel",
     ) -> tuple[torch.Tensor, SolveInfo]:
         """x with ‖b − A x‖ ≤ tol (abs) or ≤ tol·‖b‖ (rel) per sample, within ``max_iter`` products."""
-        batch, tiny = b.shape[0], torch.finfo(b.dtype).tiny
+        batch, tiny, eps = b.shape[0], torch.finfo(b.dtype).tiny, torch.finfo(b.dtype).eps
         b_norm = torch.linalg.vector_norm(b, dim=1)
         threshold = tol * b_norm if stop_mode == "rel" else torch.full_like(b_norm, tol)
         scale = b_norm.clamp_min(tiny) if stop_mode == "rel" else torch.ones_like(b_norm)
@@ -50,7 +50,9 @@ class GMRES:
         used = 0
         while used < max_iter and (is_transformed(done) or not bool(done.all())):
             if used:
-                r = b - matvec(x)  # the true residual at each restart
+                r = b - matvec(x)  # the true residual at each restart (counted as a product)
+                used += 1
+                nfe = nfe + (~done).long()
             beta = torch.linalg.vector_norm(r, dim=1)
             basis = [r / beta.clamp_min(tiny)[:, None]]
             rotations: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -60,12 +62,15 @@ class GMRES:
                 w = matvec(basis[j])
                 used += 1
                 nfe = nfe + (~done).long()
-                h = []
-                for v in basis:  # modified Gram-Schmidt
-                    h.append((w * v).sum(1))
-                    w = w - h[-1][:, None] * v
+                w_norm = torch.linalg.vector_norm(w, dim=1)
+                h = [torch.zeros_like(beta) for _ in basis]
+                for _ in range(2):  # modified Gram-Schmidt, twice: one pass loses orthogonality in float32
+                    for i, v in enumerate(basis):
+                        c = (w * v).sum(1)
+                        h[i] = h[i] + c
+                        w = w - c[:, None] * v
                 h_next = torch.linalg.vector_norm(w, dim=1)
-                breakdown = h_next <= 1e-12 * beta.clamp_min(tiny)
+                breakdown = h_next <= 10 * eps * w_norm  # nothing left but rounding: the Krylov space is exhausted
                 basis.append(torch.where(breakdown[:, None], 0.0, w / h_next.clamp_min(tiny)[:, None]))
                 for i, (c, s_) in enumerate(rotations):  # earlier Givens rotations, then a new one
                     h[i], h[i + 1] = c * h[i] + s_ * h[i + 1], c * h[i + 1] - s_ * h[i]
@@ -84,10 +89,17 @@ class GMRES:
                 if not is_transformed(done) and bool(done.all()):
                     break
             k = len(columns)
+            if k == 0:  # the budget ran out on the restart product
+                break
             upper = torch.stack([torch.nn.functional.pad(col, (0, k - col.shape[1])) for col in columns], 2)
             y = torch.linalg.solve_triangular(upper, torch.stack(g[:k], 1)[:, :, None], upper=True).squeeze(2)
             x = x + torch.einsum("bk,kbd->bd", y, torch.stack(basis[:k]))
-        residual = res
+        # Report the true residual (one more product): the Givens estimate drifts below it in float32.
+        if used:
+            residual = torch.linalg.vector_norm(b - matvec(x), dim=1)
+            nfe = nfe + 1
+        else:
+            residual = res
         converged = residual <= threshold
         trace_t = torch.stack(trace) if trace else (residual / scale)[None]
         info = SolveInfo(

@@ -74,8 +74,8 @@ def spec_of(state: State) -> StateSpec:
             raise TypeError(f"every leaf of the state must be a tensor, got {type(leaf).__name__}")
         if leaf.dim() == 0:
             raise ValueError("state tensors need a leading batch dimension, got a 0-d tensor")
-        if not (leaf.is_floating_point() or leaf.is_complex()):
-            raise TypeError(f"state tensors must be floating point, got {leaf.dtype}")
+        if not leaf.is_floating_point():
+            raise TypeError(f"state tensors must be real floating point, got {leaf.dtype}")
     batches = {leaf.shape[0] for leaf in leaves}
     if len(batches) != 1:
         raise ValueError(f"all state tensors must share the batch dimension, got sizes {sorted(batches)}")
@@ -116,7 +116,7 @@ def flat_map(f: Callable[[State], State], spec: StateSpec) -> Callable[[torch.Te
             out = f(z)
             if not checked:  # the structure cannot change between calls of the same f: check it once
                 check(out)
-            return out
+            return out if out.dtype == spec.dtype else out.to(spec.dtype)  # e.g. bf16 out of autocast
 
         return f_matrix
 

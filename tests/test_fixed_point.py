@@ -142,3 +142,41 @@ def test_nan_cotangent_gives_nan_gradients_not_an_exception():
     z, _ = layer(torch.zeros(2, 4), torch.randn(2, 4))
     (z.sum() * float("nan")).backward()
     assert torch.isnan(layer.step.w.grad).all()
+
+
+@pytest.mark.parametrize("solver", ["iteration", "anderson", "broyden"])
+def test_solvers_run_under_bf16_autocast(solver):
+    layer = deqkit.FixedPoint(TanhStep(8), solver=solver, tol=1e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z, info = layer(torch.zeros(4, 8), torch.randn(4, 8))
+    assert z.dtype in (torch.float32, torch.bfloat16) and info.converged.all()
+    z.float().sum().backward()
+    assert torch.isfinite(layer.step.w.grad).all()
+
+
+@pytest.mark.parametrize("solver", ["iteration", "anderson", "broyden"])
+def test_vmap_with_an_unbatched_initial_state(solver):
+    gen = torch.Generator().manual_seed(6)
+    w = contractive_matrix(6, 0.8, generator=gen)
+    xs = torch.randn(3, 2, 6, generator=gen, dtype=torch.float64)
+
+    def solve(x):
+        f = lambda z: torch.tanh(z @ w.T + x)  # noqa: E731
+        return deqkit.fixed_point(f, torch.zeros(2, 6, dtype=torch.float64), solver=solver, tol=1e-9, max_iter=200)[0]
+
+    torch.testing.assert_close(torch.func.vmap(solve)(xs), torch.stack([solve(x) for x in xs]), atol=1e-8, rtol=0)
+
+
+def test_second_derivative_through_ift_raises_under_torch_func_too():
+    gen = torch.Generator().manual_seed(7)
+    w = contractive_matrix(3, 0.5, generator=gen)
+    loss = lambda s: _tanh_solve(s * w, torch.ones(1, 3, dtype=torch.float64)).sum()  # noqa: E731
+    s = torch.tensor(1.0, dtype=torch.float64)
+    torch.func.grad(loss)(s)  # first derivatives are fine
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.func.grad(torch.func.grad(loss))(s)
+
+
+def test_complex_states_are_rejected_with_one_line():
+    with pytest.raises(TypeError, match="real floating point"):
+        deqkit.fixed_point(lambda z: z, torch.zeros(1, 2, dtype=torch.complex64))

@@ -171,3 +171,22 @@ def test_fixed_point_holds_for_random_contractions_and_pytrees(problem):
     flat = spec.flatten(z)
     assert info.converged.all()
     assert (torch.linalg.vector_norm(spec.flatten(f(z)) - flat, dim=1) <= 1e-10).all()
+
+
+@pytest.mark.parametrize("stop_mode", ["abs", "rel"])
+def test_a_blow_up_is_divergence_in_both_stop_modes(stop_mode):
+    # f(z) = 2z + 1 runs away from its (repelling) fixed point -1; the relative residual stays near 1/2.
+    z, info = Iteration().solve(lambda z: 2 * z + 1, torch.zeros(1, 1, dtype=torch.float64), tol=1e-8, max_iter=100, stop_mode=stop_mode)
+    assert info.diverged.all() and not info.converged.any() and info.nfe[0] < 100
+
+
+def test_unrolled_broyden_gives_finite_gradients_when_samples_stop_at_different_times():
+    gen = torch.Generator().manual_seed(8)
+    w = contractive_matrix(5, 0.9, generator=gen).requires_grad_()
+    scale = torch.tensor([[0.1], [0.9]], dtype=torch.float64)
+    x = torch.randn(2, 5, generator=gen, dtype=torch.float64)
+    f = lambda z: torch.tanh(scale * (z @ w.T) + x)  # noqa: E731
+    z, info = deqkit.fixed_point(f, torch.zeros(2, 5, dtype=torch.float64), solver="broyden", backward="unrolled", tol=1e-8, max_iter=100)
+    assert info.nfe[0] < info.nfe[1]
+    (grad,) = torch.autograd.grad(z[1].sum(), w)
+    assert torch.isfinite(grad).all()

@@ -59,6 +59,14 @@ class IFT(BackwardEstimator):
         return solver.solve(lambda g: vjp(g) + v, v, tol=self.tol, max_iter=self.max_iter, stop_mode=self.stop_mode)
 
 
+def _nested_differentiation() -> bool:
+    """True when more than one torch.func grad/jvp transform is active."""
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    kinds = [str(i.key()) for i in retrieve_all_functorch_interpreters()]
+    return sum(k.endswith(("Grad", "Jvp")) for k in kinds) > 1
+
+
 class _AdjointIdentity(torch.autograd.Function):
     """Identity forward; backward replaces ∂ℓ/∂z* by the adjoint solution g."""
 
@@ -76,8 +84,9 @@ class _AdjointIdentity(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, v: torch.Tensor):
-        # create_graph=True turns grad mode on here; torch.func.grad does too, but then v is a wrapped tensor.
-        if torch.is_grad_enabled() and not is_transformed(v):
+        # create_graph=True turns grad mode on here; torch.func.grad does too (v is then a wrapped tensor),
+        # and a second grad/jvp transform on the stack means a derivative of this gradient is wanted.
+        if (torch.is_grad_enabled() and not is_transformed(v)) or _nested_differentiation():
             raise RuntimeError(
                 "double backward through deqkit's IFT gradient is not supported (it would be silently wrong); "
                 "use backward='unrolled' or Neumann(k) / Phantom(k) for higher-order derivatives"

@@ -1,7 +1,7 @@
 """Anderson acceleration (type II, Walker & Ni 2011) with scale-relative regularisation and a safeguard.
 
 The next iterate mixes the last ``m`` iterates with weights α (Σα = 1) minimising ‖Σ αᵢ gᵢ‖, gᵢ = f(zᵢ) − zᵢ.
-The normal equations are regularised by ``regularization`` × the mean ‖gᵢ‖² of the window, so the
+The normal equations are regularised by ``regularization`` × ‖gᵢ‖² on each diagonal entry, so the
 regulariser shrinks with the residuals. (torchdeq adds a fixed 1e-4, which swamps tiny residuals at tight
 tolerances and reduces mixing to plain averaging, i.e. slower than plain iteration.)
 """
@@ -45,9 +45,10 @@ class Anderson(Solver):
         else:
             xs, gs = state.xs[:, :n], state.gs[:, :n]  # [B, n, D]
             gram = torch.bmm(gs, gs.transpose(1, 2))  # [B, n, n]
-            scale = gram.diagonal(dim1=1, dim2=2).mean(1)  # mean ‖gᵢ‖² per sample
-            eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
-            gram = gram + (self.regularization * scale + torch.finfo(gram.dtype).tiny)[:, None, None] * eye
+            # Tikhonov term proportional to each ‖gᵢ‖², so it shrinks with the residuals (and is not swamped
+            # by the oldest, largest one as a window-wide scale would be).
+            diagonal = gram.diagonal(dim1=1, dim2=2)
+            gram = gram + torch.diag_embed(self.regularization * diagonal + torch.finfo(gram.dtype).tiny)
             ones = torch.ones(gram.shape[0], n, 1, dtype=gram.dtype, device=gram.device)
             y, _ = torch.linalg.solve_ex(gram, ones)
             alpha = y / y.sum(1, keepdim=True)  # [B, n, 1]

@@ -67,6 +67,7 @@ class Progress:
         self.limit: torch.Tensor | None = None
         self.abs_res = self.best_res
         self.residuals: list[torch.Tensor] = []
+        self.abs_residuals: list[torch.Tensor] = []
         self.actives: list[torch.Tensor] = []
 
     def observe(self, z: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
@@ -75,13 +76,15 @@ class Progress:
         res = relative(abs_res, fz) if self.rel else abs_res
         self.actives.append(self.active)
         self.residuals.append(res)
+        self.abs_residuals.append(abs_res)
         improved = res < self.best_res  # False for NaN; a frozen sample re-evaluates its best, never improves
         self.best_res = torch.where(improved, res, self.best_res)
         self.best_z = torch.where(improved[:, None], z, self.best_z)
         if self.limit is None:
-            # An exploding residual is one far above the first one (NaN/Inf fail every comparison below).
-            self.limit = res * self.divergence_ratio if not self.rel else torch.full_like(res, float("inf"))
-        keep_going = res <= self.limit
+            # An exploding ‖f(z) − z‖ is one far above the first one, whatever the stop mode (the relative
+            # residual of a blow-up stays near 1); NaN/Inf fail every comparison below.
+            self.limit = abs_res * self.divergence_ratio
+        keep_going = abs_res <= self.limit
         if self.tol is not None:
             keep_going = keep_going & (res > self.tol)
         self.active = self.active & keep_going
@@ -111,7 +114,7 @@ class Progress:
         finite = torch.isfinite(best_res)
         converged = (best_res <= self.tol) if self.tol is not None else torch.zeros_like(finite)
         # Only NaN/Inf or an exploding residual stop a sample that has not converged.
-        diverged = ~converged & ~(residuals <= self.limit[None]).all(0)
+        diverged = ~converged & ~(torch.stack(self.abs_residuals) <= self.limit[None]).all(0)
         residual = torch.where(finite, best_res, last)
         info = SolveInfo(nfe=nfe.long(), residual=residual, converged=converged, diverged=diverged, trace=trace)
         return self.best_z, info
@@ -139,6 +142,9 @@ class Solver:
         self, f: FlatMap, z0: torch.Tensor, *, tol: float | None, max_iter: int, stop_mode: StopMode
     ) -> tuple[torch.Tensor, SolveInfo]:
         state, z = self._start(z0), z0
+        update = self._update
+        if torch.is_autocast_enabled(z0.device.type):  # f may run in bf16; the solver's algebra must not
+            update = _without_autocast(update)
         if tol is None:  # the lean loop: two norms of bookkeeping per step, divided once at the end
             residuals, norms = [], []
             for _ in range(max_iter):
@@ -147,7 +153,7 @@ class Solver:
                 residuals.append(abs_res)
                 if stop_mode == "rel":
                     norms.append(torch.linalg.vector_norm(fz, dim=1))
-                z = self._update(state, z, fz, abs_res)
+                z = update(state, z, fz, abs_res)
             return z, fixed_count_info(residuals, norms, z)
         progress = Progress(z0, tol, stop_mode, self.divergence_ratio)
         for _ in range(max_iter):
@@ -155,8 +161,18 @@ class Solver:
             abs_res = progress.observe(z, fz)
             if progress.finished():
                 break
-            z = progress.next_state(self._update(state, z, fz, abs_res))
+            z = progress.next_state(update(state, z, fz, abs_res))
         return progress.result()
+
+
+def _without_autocast(update):
+    """Wrap a solver update so it runs with autocast off (Anderson's LU has no bf16 kernel)."""
+
+    def wrapped(state: object, z: torch.Tensor, fz: torch.Tensor, abs_res: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(z.device.type, enabled=False):
+            return update(state, z, fz, abs_res)
+
+    return wrapped
 
 
 def fixed_count_info(residuals: list[torch.Tensor], norms: list[torch.Tensor], z: torch.Tensor) -> SolveInfo:

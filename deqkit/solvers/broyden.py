@@ -45,8 +45,11 @@ class Broyden(Solver):
             inv_dg = mem.apply(dg)  # B⁻¹ Δg
             v = mem.apply_transposed(dz)  # B⁻ᵀ Δz
             denom = (v * dg).sum(1, keepdim=True)
-            u = (dz - inv_dg) / denom
-            valid = torch.isfinite(u).all(1, keepdim=True) & (denom.abs() > torch.finfo(z.dtype).tiny)
+            usable = denom.abs() > torch.finfo(z.dtype).tiny
+            # Divide by 1 where the secant is degenerate (e.g. a frozen sample, Δz = Δg = 0): a 0/0 here
+            # would be masked in the value but still send NaN through autograd when the solve is unrolled.
+            u = (dz - inv_dg) / torch.where(usable, denom, 1.0)
+            valid = usable & torch.isfinite(u).all(1, keepdim=True)
             if rejected is not None:
                 valid = valid & ~rejected[:, None]
             mem.push(torch.where(valid, u, 0.0), torch.where(valid, v, 0.0))

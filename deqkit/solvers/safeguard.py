@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from deqkit.solvers.base import is_transformed
+
 
 class Safeguard:
     """Remembers each sample's last accepted point (z, g = f(z) − z, ‖g‖)."""
@@ -42,6 +44,10 @@ class Safeguard:
 
 def write_slot(buffer: torch.Tensor, slot: int, value: torch.Tensor) -> torch.Tensor:
     """Write ``value`` [B, D] into ``buffer[:, slot]``; copies first when autograd records the solve."""
+    if is_transformed(value) and not is_transformed(buffer):
+        # Under vmap a batched value cannot be written into an unbatched buffer: build a new one.
+        mask = torch.arange(buffer.shape[1], device=buffer.device) == slot
+        return torch.where(mask[None, :, None], value[:, None, :], buffer)
     if torch.is_grad_enabled() and (value.requires_grad or buffer.requires_grad):
         buffer = buffer.clone()
     buffer[:, slot] = value

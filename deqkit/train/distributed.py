@@ -82,6 +82,6 @@ def params_in_sync(model: nn.Module, d: Dist) -> bool:
     flat = torch.cat([p.detach().reshape(-1).float() for p in model.parameters()])
     ref = flat.clone()
     dist.broadcast(ref, src=0)
-    differs = torch.tensor([float(not torch.equal(flat, ref))])
+    differs = torch.tensor([float(not torch.equal(flat, ref))], device=flat.device)  # NCCL needs device tensors
     dist.all_reduce(differs)
     return differs.item() == 0
