@@ -121,7 +121,8 @@ def train(
         rows[f"{result.eval_split} {key}"] = value
     for name, stats in result.solver.items():
         rows[f"{name} NFE"] = stats["nfe"]
-        rows[f"{name} converged"] = stats["converged"]
+        if "converged" in stats:
+            rows[f"{name} converged"] = stats["converged"]
     rows["run directory"] = str(result.out)
     rows["checkpoint"] = str(result.checkpoint)
     rows["metrics"] = str(result.out / "metrics.jsonl")

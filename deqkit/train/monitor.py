@@ -33,8 +33,9 @@ def solver_stats(model: nn.Module) -> dict[str, dict[str, float]]:
             "nfe": info.nfe.float().mean().item(),
             "residual": info.residual.float().mean().item(),
             "residual_max": info.residual.float().max().item(),
-            "converged": info.converged.float().mean().item(),
         }
+        if fp.tol is not None:  # a fixed iteration count (tol=None) has no notion of convergence
+            stats[name]["converged"] = info.converged.float().mean().item()
     return stats
 
 
