@@ -63,8 +63,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train": _train(steps=3000, batch_size=32, lr=1e-3, warmup=200, log_every=50, eval_every=500,
                         eval_split="val", eval_batches=8, ckpt_every=500, image_every=500, spectral_iters=3),
         "data": {"image_size": 32, "min_objects": 2, "max_objects": 4, "train_size": 100_000},
-        "num_slots": 5, "slot_dim": 64, "channels": 32, "mlp_hidden": 128, "encoder_layers": 3,
-        "encoder_kernel": 5, "decoder_grid": 8, "decoder_full_res_convs": 0,
+        "num_slots": 5, "slot_dim": 64, "channels": 32, "mlp_hidden": 128, "encoder_layers": 4,
+        "encoder_kernel": 5, "encoder_downsample": 1, "decoder_grid": 8, "decoder_full_res_convs": 0,
     },
     # Locatello et al. 2020 (arXiv:2006.15055, appendix E): CLEVR6 settings on our 128 px scenes
     "paper": {
