@@ -190,3 +190,23 @@ def test_unrolled_broyden_gives_finite_gradients_when_samples_stop_at_different_
     assert info.nfe[0] < info.nfe[1]
     (grad,) = torch.autograd.grad(z[1].sum(), w)
     assert torch.isfinite(grad).all()
+
+
+def test_anderson_is_at_most_one_evaluation_behind_iteration_on_random_contractions():
+    extra, anderson_total, iteration_total = [], 0, 0
+    for seed in range(100):
+        gen = torch.Generator().manual_seed(seed)
+        dim = int(torch.randint(2, 40, (1,), generator=gen))
+        w = contractive_matrix(dim, 0.99 * float(torch.rand(1, generator=gen)), generator=gen)
+        x = torch.randn(4, dim, generator=gen, dtype=torch.float64)
+        f = (lambda z: torch.tanh(z @ w.T + x)) if seed % 2 else (lambda z: z @ w.T + x)
+        for tol in (1e-4, 1e-8):
+            z0 = torch.zeros(4, dim, dtype=torch.float64)
+            _, anderson = Anderson().solve(f, z0, tol=tol, max_iter=500, stop_mode="rel")
+            _, plain = Iteration().solve(f, z0, tol=tol, max_iter=500, stop_mode="rel")
+            assert anderson.converged.all()
+            extra.append(int((anderson.nfe - plain.nfe).max()))
+            anderson_total += int(anderson.nfe.sum())
+            iteration_total += int(plain.nfe.sum())
+    assert max(extra) <= 1
+    assert anderson_total < 0.9 * iteration_total
