@@ -85,7 +85,8 @@ def build_model(cfg: SlotAttentionConfig) -> SlotAutoencoder:
         cfg.data.image_size, cfg.num_slots, cfg.slot_dim, cfg.channels, cfg.mlp_hidden, cfg.iters,
         encoder_layers=cfg.encoder_layers, encoder_kernel=cfg.encoder_kernel,
         encoder_downsample=cfg.encoder_downsample, decoder_channels=cfg.decoder_channels,
-        decoder_grid=cfg.decoder_grid, decoder_full_res_convs=cfg.decoder_full_res_convs, solver=cfg.solver, backward=cfg.backward, tol=cfg.tol)
+        decoder_grid=cfg.decoder_grid, decoder_full_res_convs=cfg.decoder_full_res_convs, solver=cfg.solver,
+        backward=cfg.backward, tol=cfg.tol)
 
 
 def build_dataset(cfg: SlotAttentionConfig, split: str) -> SceneDataset:

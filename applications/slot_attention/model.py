@@ -145,15 +145,15 @@ class SpatialBroadcastDecoder(nn.Module):
         c_in, ups = slot_dim, int(ups)
         for i in range(ups):
             # with no full-resolution convolutions the last upsampling writes the output directly (cheap)
-            c_out = 4 if (i == ups - 1 and full_res_convs == 0) else channels
-            layers.append(nn.ConvTranspose2d(c_in, c_out, 5, stride=2, padding=2, output_padding=1))
-            if c_out != 4:
-                layers.append(nn.ReLU())
-            c_in = c_out
+            is_output = i == ups - 1 and full_res_convs == 0
+            layers.append(nn.ConvTranspose2d(c_in, 4 if is_output else channels, 5, stride=2, padding=2,
+                                             output_padding=1))
+            layers += [] if is_output else [nn.ReLU()]
+            c_in = channels
         for _ in range(full_res_convs):
             layers += [nn.Conv2d(c_in, channels, 3, padding=1), nn.ReLU()]
             c_in = channels
-        if c_in != 4:
+        if ups == 0 or full_res_convs > 0:
             layers.append(nn.Conv2d(c_in, 4, 3, padding=1))
         self.net = nn.Sequential(*layers)
 
@@ -176,7 +176,8 @@ class SlotAutoencoder(nn.Module):
     def __init__(self, image_size: int, num_slots: int = 5, slot_dim: int = 64, channels: int = 64,
                  mlp_hidden: int = 128, iters: int = 3, *, encoder_layers: int = 4, encoder_kernel: int = 5,
                  encoder_downsample: int = 0, decoder_channels: int | None = None, decoder_grid: int = 8,
-                 decoder_full_res_convs: int = 1, solver: str = "iteration", backward: str = "neumann", tol: float | None = None):
+                 decoder_full_res_convs: int = 1, solver: str = "iteration", backward: str = "neumann",
+                 tol: float | None = None):
         super().__init__()
         self.encoder = Encoder(channels, encoder_layers, encoder_kernel, encoder_downsample)
         self.slot_attention = SlotAttention(num_slots, channels, slot_dim, mlp_hidden, iters,
