@@ -241,7 +241,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "slot_attention.json"))
-    parser.add_argument("--plots", default=str(ROOT / "docs" / "images"), help="folder for PNGs ('' for none)")
+    parser.add_argument("--plots", default=str(ROOT / "docs"), help="folder for PNGs ('' for none)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     parts = {"curves": part_curves, "backward": part_backward, "lucidrains": part_lucidrains}
