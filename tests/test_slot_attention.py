@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from applications.slot_attention.model import SlotAttention, SlotAttentionStep, SlotAutoencoder
+from applications.slot_attention.model import (MLPBroadcastDecoder, SlotAttention, SlotAttentionStep,
+                                               SlotAutoencoder, position_grid)
 from deqkit import FixedPoint
 from deqkit.train import load_application, train
 
@@ -150,3 +151,72 @@ def test_presets_resolve_and_unknown_keys_are_errors():
     assert app.make_config("cpu", ["backward=unrolled"]).backward == "unrolled"
     with pytest.raises(ValueError, match="unknown config key"):
         app.make_config("cpu", ["slots=3"])
+
+
+def test_learned_queries_get_the_output_gradient_under_neumann_and_the_exact_one_unrolled():
+    torch.manual_seed(0)
+    inputs, _ = _inputs()
+    neumann = SlotAttention(K, D, S, mlp_hidden=16, iters=3, backward="neumann", init="learned").double()
+    unrolled = SlotAttention(K, D, S, mlp_hidden=16, iters=3, backward="unrolled", init="learned").double()
+    unrolled.load_state_dict(neumann.state_dict())
+    slots_n, _, _ = neumann(inputs)
+    slots_u, _, _ = unrolled(inputs)
+    x = neumann.norm_inputs(inputs)
+    direct, _ = neumann.fixed_point(neumann.initial_slots(B), neumann.to_k(x), neumann.to_v(x))
+    torch.testing.assert_close(slots_n, direct)  # the straight-through term is zero in value
+    weight = torch.randn_like(slots_n)
+    g_n = torch.autograd.grad((slots_n * weight).sum(), neumann.queries)[0]
+    torch.testing.assert_close(g_n, weight.sum(0, keepdim=True))  # identity: dL/dslots summed over the batch
+    # unrolled: the exact derivative of the loop, checked against finite differences of the queries
+    g_u = torch.autograd.grad((slots_u * weight).sum(), unrolled.queries)[0]
+    direction = torch.randn_like(unrolled.queries)
+    with torch.no_grad():
+        eps, q = 1e-6, unrolled.queries.clone()
+        unrolled.queries.copy_(q + eps * direction)
+        plus = (unrolled(inputs)[0] * weight).sum()
+        unrolled.queries.copy_(q - eps * direction)
+        minus = (unrolled(inputs)[0] * weight).sum()
+        unrolled.queries.copy_(q)
+    torch.testing.assert_close((g_u * direction).sum(), (plus - minus) / (2 * eps), rtol=1e-6, atol=1e-8)
+    assert not torch.allclose(g_u, g_n)
+
+
+def test_learned_queries_start_every_image_from_the_same_distinct_slots():
+    torch.manual_seed(0)
+    sa = SlotAttention(K, D, S, init="learned")
+    start = sa.initial_slots(3)
+    torch.testing.assert_close(start[0], start[2])
+    assert torch.cdist(start[0], start[0]).fill_diagonal_(1.0).min() > 0
+    assert not hasattr(sa, "mu")
+    with pytest.raises(ValueError, match="unknown init"):
+        SlotAttention(K, D, S, init="zeros")
+
+
+def test_mlp_decoder_first_layer_is_the_concatenated_per_position_mlp():
+    """W_s slot + W_p position must equal one linear layer of [slot, position] at every grid position."""
+    torch.manual_seed(0)
+    dec = MLPBroadcastDecoder(slot_dim=6, channels=5, size=8, grid=4).double()
+    slots = torch.randn(2, 3, 6, dtype=torch.float64)
+    grid = position_grid(4, 4).double()  # [4,4,4]
+    concat = torch.cat([slots[:, :, None, None, :].expand(-1, -1, 4, 4, -1),
+                        grid.expand(2, 3, -1, -1, -1)], dim=-1)  # [B,K,4,4,6+4]
+    weight = torch.cat([dec.slot_in.weight, dec.pos_in.weight], dim=1)
+    hidden = torch.relu(dec.hidden(torch.relu(concat @ weight.T + dec.slot_in.bias)))
+    expected = dec.out(hidden.flatten(0, 1).permute(0, 3, 1, 2)).reshape(2, 3, 4, 8, 8)
+    rgb, alpha = dec(slots)
+    torch.testing.assert_close(torch.cat([rgb, alpha], dim=2), expected)
+    assert MLPBroadcastDecoder(6, 5, size=8, grid=8)(slots.float())[0].shape == (2, 3, 3, 8, 8)  # no upsampling
+    with pytest.raises(ValueError, match="power of 2"):
+        MLPBroadcastDecoder(6, 5, size=12, grid=8)
+
+
+@pytest.mark.parametrize("decoder", ["conv", "mlp"])
+def test_both_decoders_give_masks_that_partition_each_pixel(decoder):
+    torch.manual_seed(0)
+    model = SlotAutoencoder(16, num_slots=3, slot_dim=8, channels=8, mlp_hidden=8, encoder_layers=2,
+                            encoder_kernel=3, decoder_grid=8, decoder=decoder, init="learned")
+    out = model(torch.rand(2, 3, 16, 16))
+    assert out["rgb"].shape == (2, 3, 3, 16, 16)
+    torch.testing.assert_close(out["masks"].sum(1), torch.ones(2, 16, 16))
+    with pytest.raises(ValueError, match="unknown decoder"):
+        SlotAutoencoder(16, decoder="deconv")

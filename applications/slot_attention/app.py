@@ -36,9 +36,13 @@ class SlotAttentionConfig:
     encoder_layers: int = 4
     encoder_kernel: int = 5
     encoder_downsample: int = 0  # stride-2 encoder convolutions (each divides the number of inputs by 4)
+    # "conv": the paper's spatial broadcast decoder; "mlp": a per-position MLP on the broadcast grid, then
+    # 4x4 stride-2 transposed convolutions (model.MLPBroadcastDecoder; faster to train on a CPU)
+    decoder: Literal["conv", "mlp"] = "conv"
     decoder_channels: int | None = None
-    decoder_full_res_convs: int = 1  # 3x3 convolutions after the upsampling (before the output layer)
+    decoder_full_res_convs: int = 1  # conv decoder: 3x3 convolutions after the upsampling
     decoder_grid: int = 8  # side of the spatial broadcast before the stride-2 transposed convolutions
+    init: Literal["gaussian", "learned"] = "gaussian"  # slots start from a learned Gaussian or learned queries
     solver: Literal["iteration", "anderson", "broyden"] = "iteration"
     backward: Literal["unrolled", "neumann", "ift", "phantom"] = "neumann"
     tol: float | None = None  # None: exactly `iters` updates
@@ -85,8 +89,8 @@ def build_model(cfg: SlotAttentionConfig) -> SlotAutoencoder:
         cfg.data.image_size, cfg.num_slots, cfg.slot_dim, cfg.channels, cfg.mlp_hidden, cfg.iters,
         encoder_layers=cfg.encoder_layers, encoder_kernel=cfg.encoder_kernel,
         encoder_downsample=cfg.encoder_downsample, decoder_channels=cfg.decoder_channels,
-        decoder_grid=cfg.decoder_grid, decoder_full_res_convs=cfg.decoder_full_res_convs, solver=cfg.solver,
-        backward=cfg.backward, tol=cfg.tol)
+        decoder_grid=cfg.decoder_grid, decoder_full_res_convs=cfg.decoder_full_res_convs, decoder=cfg.decoder,
+        solver=cfg.solver, backward=cfg.backward, tol=cfg.tol, init=cfg.init)
 
 
 def build_dataset(cfg: SlotAttentionConfig, split: str) -> SceneDataset:

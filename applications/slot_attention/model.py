@@ -10,7 +10,7 @@ Shapes: B batch, N inputs (pixels), D input width, K slots, S slot width, H x W 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -49,31 +49,48 @@ class SlotAttentionStep(nn.Module):
         return slots + self.mlp(self.norm_mlp(slots))
 
 
+SlotInit = Literal["gaussian", "learned"]
+
+
 class SlotAttention(nn.Module):
     """Slot attention over a set of inputs: ``forward(inputs [B,N,D]) -> (slots [B,K,S], attn [B,K,N], info)``.
 
-    Slots start from a learned Gaussian ``mu + sigma * eps`` (or from ``slots`` if given) and are refined
-    by ``iters`` solver iterations of :class:`SlotAttentionStep`. ``attn`` is the attention of the returned
-    slots over the inputs (at a fixed point, the attention that produced them). With an implicit
-    ``backward`` the start is detached, so ``mu`` and ``sigma`` get gradients only from ``unrolled``.
+    Slots start from ``init`` (or from ``slots`` if given) and are refined by ``iters`` solver iterations
+    of :class:`SlotAttentionStep`; ``attn`` is the attention of the returned slots over the inputs (at a
+    fixed point, the attention that produced them).
+
+    - ``init="gaussian"`` (Locatello et al.): samples ``mu + sigma * eps`` of a learned Gaussian, shared by
+      all slots. With an implicit ``backward`` the start is detached, so ``mu`` and ``sigma`` get gradients
+      only from ``unrolled``.
+    - ``init="learned"``: K learned starting slots (queries), the same for every image, so slots differ
+      from the first step on. With an implicit ``backward`` they get the output slots' gradient unchanged
+      (straight-through: ``slots + q - q.detach()``, in the spirit of Jia et al., ICLR 2023, "BO-QSA",
+      which passes it through the last step instead); with ``unrolled`` their exact gradient.
     """
 
     def __init__(self, num_slots: int, input_dim: int, slot_dim: int = 64, mlp_hidden: int = 128,
                  iters: int = 3, *, solver: str = "iteration", backward: str = "neumann",
-                 tol: float | None = None):
+                 tol: float | None = None, init: SlotInit = "gaussian"):
         super().__init__()
-        self.num_slots, self.slot_dim = num_slots, slot_dim
+        if init not in ("gaussian", "learned"):
+            raise ValueError(f"SlotAttention: unknown init {init!r}; use 'gaussian' or 'learned'")
+        self.num_slots, self.slot_dim, self.init = num_slots, slot_dim, init
         self.norm_inputs = nn.LayerNorm(input_dim)
         self.to_k = nn.Linear(input_dim, slot_dim, bias=False)
         self.to_v = nn.Linear(input_dim, slot_dim, bias=False)
-        self.mu = nn.Parameter(torch.randn(1, 1, slot_dim))
-        self.log_sigma = nn.Parameter(torch.empty(1, 1, slot_dim))
-        nn.init.xavier_uniform_(self.log_sigma)
+        if init == "gaussian":
+            self.mu = nn.Parameter(torch.randn(1, 1, slot_dim))
+            self.log_sigma = nn.Parameter(torch.empty(1, 1, slot_dim))
+            nn.init.xavier_uniform_(self.log_sigma)
+        else:
+            self.queries = nn.Parameter(torch.randn(1, num_slots, slot_dim) * slot_dim**-0.5)
         self.step = SlotAttentionStep(slot_dim, mlp_hidden)
         self.fixed_point = FixedPoint(self.step, solver=solver, backward=backward, tol=tol, max_iter=iters)
 
     def initial_slots(self, batch: int) -> torch.Tensor:
-        """``[B,K,S]`` samples of the learned Gaussian."""
+        """``[B,K,S]``: samples of the learned Gaussian, or the learned queries."""
+        if self.init == "learned":
+            return self.queries.expand(batch, -1, -1)
         noise = torch.randn(batch, self.num_slots, self.slot_dim, device=self.mu.device, dtype=self.mu.dtype)
         return self.mu + self.log_sigma.exp() * noise
 
@@ -83,6 +100,8 @@ class SlotAttention(nn.Module):
         k, v = self.to_k(inputs), self.to_v(inputs)
         slots0 = self.initial_slots(inputs.shape[0]) if slots is None else slots
         slots, info = self.fixed_point(slots0, k, v)
+        if self.init == "learned" and not self.fixed_point.backward.unrolled:
+            slots = slots + (slots0 - slots0.detach())  # zero in value; identity gradient to the queries
         return slots, self.step.attention(slots, k), info
 
 
@@ -166,6 +185,43 @@ class SpatialBroadcastDecoder(nn.Module):
         return x[:, :, :3], x[:, :, 3:]
 
 
+class MLPBroadcastDecoder(nn.Module):
+    """Each slot ``[S]`` is broadcast on a ``grid x grid`` map, a per-position MLP of (slot, position) maps
+    it to ``channels`` features (two layers, i.e. 1x1 convolutions), and 4x4 stride-2 transposed
+    convolutions upsample to ``size x size``, the last one writing RGB ``[3]`` and an alpha logit.
+
+    The first layer of ``[slot, position] -> channels`` is computed as ``W_s slot + W_p position`` (one
+    product per slot plus one per position, not per (slot, position) pair). About 4x cheaper than
+    :class:`SpatialBroadcastDecoder` at 32 px on a CPU, and it learns the cpu preset's scenes faster.
+    """
+
+    def __init__(self, slot_dim: int, channels: int, size: int, grid: int):
+        super().__init__()
+        ups = math.log2(size / grid)
+        if grid < 1 or ups != int(ups) or ups < 0:
+            raise ValueError(f"decoder: image size {size} must be grid={grid} times a power of 2")
+        self.grid, ups = grid, int(ups)
+        self.slot_in = nn.Linear(slot_dim, channels)
+        self.pos_in = nn.Linear(4, channels, bias=False)
+        self.hidden = nn.Linear(channels, channels)
+        layers: list[nn.Module] = []
+        for i in range(ups):
+            last = i == ups - 1
+            layers += [nn.ConvTranspose2d(channels, 4 if last else channels, 4, stride=2, padding=1)]
+            layers += [] if last else [nn.ReLU()]
+        self.out = nn.Sequential(*layers) if ups else nn.Conv2d(channels, 4, 1)
+
+    def forward(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """slots ``[B,K,S]`` -> (rgb ``[B,K,3,H,W]``, alpha logits ``[B,K,1,H,W]``)."""
+        b, k, _ = slots.shape
+        pos = self.pos_in(position_grid(self.grid, self.grid, slots.device).to(slots.dtype))  # [g,g,C]
+        x = F.relu(self.slot_in(slots)[:, :, None, None, :] + pos)  # [B,K,g,g,C]
+        x = F.relu(self.hidden(x)).flatten(0, 1).permute(0, 3, 1, 2)  # [BK,C,g,g]
+        x = self.out(x)
+        x = x.reshape(b, k, 4, *x.shape[-2:])
+        return x[:, :, :3], x[:, :, 3:]
+
+
 class SlotAutoencoder(nn.Module):
     """Encoder -> slot attention -> per-slot broadcast decoder, mixed by a softmax over slots.
 
@@ -176,14 +232,20 @@ class SlotAutoencoder(nn.Module):
     def __init__(self, image_size: int, num_slots: int = 5, slot_dim: int = 64, channels: int = 64,
                  mlp_hidden: int = 128, iters: int = 3, *, encoder_layers: int = 4, encoder_kernel: int = 5,
                  encoder_downsample: int = 0, decoder_channels: int | None = None, decoder_grid: int = 8,
-                 decoder_full_res_convs: int = 1, solver: str = "iteration", backward: str = "neumann",
-                 tol: float | None = None):
+                 decoder_full_res_convs: int = 1, decoder: Literal["conv", "mlp"] = "conv",
+                 solver: str = "iteration", backward: str = "neumann", tol: float | None = None,
+                 init: SlotInit = "gaussian"):
         super().__init__()
         self.encoder = Encoder(channels, encoder_layers, encoder_kernel, encoder_downsample)
         self.slot_attention = SlotAttention(num_slots, channels, slot_dim, mlp_hidden, iters,
-                                            solver=solver, backward=backward, tol=tol)
-        self.decoder = SpatialBroadcastDecoder(slot_dim, decoder_channels or channels, image_size, decoder_grid,
-                                               decoder_full_res_convs)
+                                            solver=solver, backward=backward, tol=tol, init=init)
+        width = decoder_channels or channels
+        if decoder == "conv":
+            self.decoder = SpatialBroadcastDecoder(slot_dim, width, image_size, decoder_grid, decoder_full_res_convs)
+        elif decoder == "mlp":
+            self.decoder = MLPBroadcastDecoder(slot_dim, width, image_size, decoder_grid)
+        else:
+            raise ValueError(f"SlotAutoencoder: unknown decoder {decoder!r}; use 'conv' or 'mlp'")
 
     def forward(self, image: torch.Tensor, slots: torch.Tensor | None = None) -> dict[str, Any]:
         slots, attn, info = self.slot_attention(self.encoder(image), slots)
