@@ -220,3 +220,13 @@ def test_both_decoders_give_masks_that_partition_each_pixel(decoder):
     torch.testing.assert_close(out["masks"].sum(1), torch.ones(2, 16, 16))
     with pytest.raises(ValueError, match="unknown decoder"):
         SlotAutoencoder(16, decoder="deconv")
+
+
+def test_given_start_slots_get_no_straight_through_gradient():
+    """Only the learned queries are trained straight through; a caller's own start stays detached."""
+    torch.manual_seed(0)
+    sa = SlotAttention(K, D, S, mlp_hidden=16, backward="neumann", init="learned").double()
+    inputs, slots0 = _inputs()
+    slots0.requires_grad_(True)
+    out, _, _ = sa(inputs, slots0)
+    assert torch.autograd.grad(out.sum(), slots0, allow_unused=True)[0] is None

@@ -98,9 +98,10 @@ class SlotAttention(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor, SolveInfo]:
         inputs = self.norm_inputs(inputs)
         k, v = self.to_k(inputs), self.to_v(inputs)
+        from_queries = slots is None and self.init == "learned"
         slots0 = self.initial_slots(inputs.shape[0]) if slots is None else slots
         slots, info = self.fixed_point(slots0, k, v)
-        if self.init == "learned" and not self.fixed_point.backward.unrolled:
+        if from_queries and not self.fixed_point.backward.unrolled:
             slots = slots + (slots0 - slots0.detach())  # zero in value; identity gradient to the queries
         return slots, self.step.attention(slots, k), info
 
@@ -191,8 +192,8 @@ class MLPBroadcastDecoder(nn.Module):
     convolutions upsample to ``size x size``, the last one writing RGB ``[3]`` and an alpha logit.
 
     The first layer of ``[slot, position] -> channels`` is computed as ``W_s slot + W_p position`` (one
-    product per slot plus one per position, not per (slot, position) pair). About 4x cheaper than
-    :class:`SpatialBroadcastDecoder` at 32 px on a CPU, and it learns the cpu preset's scenes faster.
+    product per slot plus one per position, not per (slot, position) pair). At 32 px on a CPU it is
+    ~5x cheaper than :class:`SpatialBroadcastDecoder` (timings in docs/slot_attention.md).
     """
 
     def __init__(self, slot_dim: int, channels: int, size: int, grid: int):
