@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from applications.slot_attention.model import (MLPBroadcastDecoder, SlotAttention, SlotAttentionStep,
-                                               SlotAutoencoder, position_grid)
+                                               SlotAutoencoder, position_grid, slot_frames)
 from deqkit import FixedPoint
 from deqkit.train import load_application, train
 
@@ -230,3 +230,56 @@ def test_given_start_slots_get_no_straight_through_gradient():
     slots0.requires_grad_(True)
     out, _, _ = sa(inputs, slots0)
     assert torch.autograd.grad(out.sum(), slots0, allow_unused=True)[0] is None
+
+
+def test_slot_frames_are_the_attention_weighted_mean_and_spread_of_positions():
+    attn = torch.zeros(1, 2, 16)  # a 4x4 grid of inputs, positions (y, x) in {0, 1/3, 2/3, 1}
+    attn[0, 0, 5] = 1.0  # one input: row 1, column 1
+    attn[0, 1, [0, 1, 4, 5]] = 0.25  # the top-left 2x2 block
+    centre, spread = slot_frames(attn, 4, 4)
+    torch.testing.assert_close(centre[0, 0], torch.tensor([1 / 3, 1 / 3]))
+    torch.testing.assert_close(spread[0, 0], torch.tensor([0.01, 0.01]))  # clamped: no zero division
+    torch.testing.assert_close(centre[0, 1], torch.tensor([1 / 6, 1 / 6]))
+    torch.testing.assert_close(spread[0, 1], torch.tensor([1 / 6, 1 / 6]))
+
+
+def test_relative_decoder_moves_a_slot_s_drawing_with_its_centre():
+    """In the slot's own frame, moving the centre by whole grid cells shifts the picture by as many cells."""
+    torch.manual_seed(0)
+    dec = MLPBroadcastDecoder(slot_dim=6, channels=8, size=12, grid=12, relative=True).double()
+    slots = torch.randn(1, 2, 6, dtype=torch.float64)
+    cell = 1 / 11  # grid spacing of 12 positions over [0, 1]
+    centre = torch.tensor([[[4 * cell, 5 * cell], [6 * cell, 3 * cell]]], dtype=torch.float64)
+    spread = torch.full((1, 2, 2), 0.2, dtype=torch.float64)
+    rgb, alpha = dec(slots, (centre, spread))
+    shifted_rgb, shifted_alpha = dec(slots, (centre + torch.tensor([2 * cell, 3 * cell]).double(), spread))
+    torch.testing.assert_close(shifted_alpha[..., 2:, 3:], alpha[..., :-2, :-3])
+    torch.testing.assert_close(shifted_rgb[..., 2:, 3:], rgb[..., :-2, :-3])
+    with pytest.raises(ValueError, match="needs the slots' frames"):
+        dec(slots)
+
+
+def test_relative_positions_work_end_to_end_and_need_the_mlp_decoder():
+    torch.manual_seed(0)
+    model = SlotAutoencoder(16, num_slots=3, slot_dim=8, channels=8, mlp_hidden=8, encoder_layers=2,
+                            encoder_kernel=3, encoder_downsample=1, decoder_grid=8, decoder="mlp",
+                            decoder_positions="relative", init="learned")
+    out = model(torch.rand(2, 3, 16, 16))
+    torch.testing.assert_close(out["masks"].sum(1), torch.ones(2, 16, 16))
+    out["recon"].square().mean().backward()
+    assert model.slot_attention.step.to_q.weight.grad.abs().sum() > 0  # also through the frames
+    with pytest.raises(ValueError, match="decoder_positions"):
+        SlotAutoencoder(16, decoder="conv", decoder_positions="relative")
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["decoder_positions=relative", "decoder=conv"], "needs decoder=mlp"),
+    (["decoder_grid=24"], "times a power of 2"),
+    (["encoder_downsample=5"], "encoder_downsample"),
+    (["num_slots=0"], "num_slots"),
+])
+def test_impossible_model_configs_fail_before_training(sets, message):
+    from deqkit.train import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_application("applications/slot_attention").make_config("cpu", sets)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -11,7 +12,7 @@ import torch
 from deqkit.data import SceneConfig, SceneDataset
 from deqkit.metrics import ari, fg_ari, matched_miou, reconstruction_mse
 from deqkit.plots import save_slot_grid
-from deqkit.train import Application, TrainConfig
+from deqkit.train import Application, ConfigError, TrainConfig
 
 from .model import SlotAutoencoder, reconstruction_loss
 
@@ -39,6 +40,8 @@ class SlotAttentionConfig:
     # "conv": the paper's spatial broadcast decoder; "mlp": a per-position MLP on the broadcast grid, then
     # 4x4 stride-2 transposed convolutions (model.MLPBroadcastDecoder; faster to train on a CPU)
     decoder: Literal["conv", "mlp"] = "conv"
+    # mlp decoder: grid positions as they are, or in each slot's frame (centre and spread of its attention)
+    decoder_positions: Literal["absolute", "relative"] = "absolute"
     decoder_channels: int | None = None
     decoder_full_res_convs: int = 1  # conv decoder: 3x3 convolutions after the upsampling
     decoder_grid: int = 8  # side of the spatial broadcast before the stride-2 transposed convolutions
@@ -46,6 +49,22 @@ class SlotAttentionConfig:
     solver: Literal["iteration", "anderson", "broyden"] = "iteration"
     backward: Literal["unrolled", "neumann", "ift", "phantom"] = "neumann"
     tol: float | None = None  # None: exactly `iters` updates
+
+    def __post_init__(self) -> None:
+        """Reject combinations the model cannot build, as one-line config errors (before any training)."""
+        for name in ("num_slots", "slot_dim", "channels", "mlp_hidden", "iters", "encoder_layers",
+                     "encoder_kernel", "decoder_grid"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.encoder_downsample <= self.encoder_layers:
+            raise ConfigError(f"encoder_downsample must be in [0, encoder_layers={self.encoder_layers}], "
+                              f"got {self.encoder_downsample}")
+        ups = math.log2(self.data.image_size / self.decoder_grid)
+        if ups != int(ups) or ups < 0:
+            raise ConfigError(f"data.image_size={self.data.image_size} must be decoder_grid={self.decoder_grid} "
+                              "times a power of 2")
+        if self.decoder_positions == "relative" and self.decoder != "mlp":
+            raise ConfigError("decoder_positions=relative needs decoder=mlp")
 
 
 def _train(**kw: Any) -> dict[str, Any]:
@@ -93,7 +112,7 @@ def build_model(cfg: SlotAttentionConfig) -> SlotAutoencoder:
         encoder_layers=cfg.encoder_layers, encoder_kernel=cfg.encoder_kernel,
         encoder_downsample=cfg.encoder_downsample, decoder_channels=cfg.decoder_channels,
         decoder_grid=cfg.decoder_grid, decoder_full_res_convs=cfg.decoder_full_res_convs, decoder=cfg.decoder,
-        solver=cfg.solver, backward=cfg.backward, tol=cfg.tol, init=cfg.init)
+        decoder_positions=cfg.decoder_positions, solver=cfg.solver, backward=cfg.backward, tol=cfg.tol, init=cfg.init)
 
 
 def build_dataset(cfg: SlotAttentionConfig, split: str) -> SceneDataset:
