@@ -87,7 +87,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # connected-components oracle scores 0.95 instead of 1.00), stride-2 3x3 encoder, learned-query slots
     # and the MLP broadcast decoder (~5x cheaper than the conv decoder at 32 px), 5 iterations.
     "cpu": {
-        "train": _train(steps=8000, batch_size=32, lr=1e-3, warmup=200, log_every=50, eval_every=1000,
+        "train": _train(steps=7500, batch_size=32, lr=1e-3, warmup=200, log_every=50, eval_every=1000,
                         eval_split="val", eval_batches=8, ckpt_every=1000, image_every=1000, spectral_iters=3),
         "data": {"image_size": 64, "min_objects": 2, "max_objects": 4, "colors": "hsv", "train_size": 1_000_000},
         "num_slots": 5, "slot_dim": 64, "channels": 32, "mlp_hidden": 128, "iters": 5, "init": "learned",

@@ -1,0 +1,90 @@
+"""Where a slot attention checkpoint loses FG-ARI: merged objects, split objects, rims lost to the background.
+
+For every test scene the background slot is the slot holding most true-background pixels. Per object:
+``merged`` when its main (non-background) slot is also the main slot of another object of the scene,
+``split`` when a second slot holds more than 20 % of its non-background pixels. ``rim`` is the fraction of
+foreground pixels assigned to the background slot.
+
+``PYTHONPATH=. python benchmarks/slot_attention_errors.py runs/sa/checkpoints/last.safetensors``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from deqkit.data import render_batch
+from deqkit.metrics import fg_ari
+from deqkit.train import load_application
+from deqkit.train.checkpoint import load_checkpoint
+from deqkit.train.config import from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def object_errors(true: torch.Tensor, pred: torch.Tensor, num_slots: int) -> dict[str, Counter]:
+    """Counts per number of objects: ``objects``, ``merged``, ``split``; and the summed ``rim`` fraction."""
+    counts: dict[str, Counter] = {k: Counter() for k in ("images", "objects", "merged", "split", "rim")}
+    for t, p in zip(true, pred):
+        background = torch.bincount(p[t == 0], minlength=num_slots).argmax()
+        ids = t.unique()[1:]
+        n, owners = len(ids), []
+        for obj in ids:
+            hits = torch.bincount(p[t == obj], minlength=num_slots).float()
+            hits[background] = 0
+            if hits.sum() > 0:
+                share = hits / hits.sum()
+                owners.append(int(share.argmax()))
+                counts["split"][n] += int((share > 0.2).sum() > 1)
+        counts["merged"][n] += len(owners) - len(set(owners))
+        counts["objects"][n] += n
+        counts["images"][n] += 1
+        foreground = t > 0
+        counts["rim"][n] += ((p == background) & foreground).sum().item() / max(1, foreground.sum().item())
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint")
+    parser.add_argument("--scenes", type=int, default=512)
+    parser.add_argument("--json", default="", help="also write the numbers here")
+    args = parser.parse_args()
+    app = load_application(ROOT / "applications" / "slot_attention")
+    ckpt = load_checkpoint(args.checkpoint, app=app.name)
+    cfg = from_dict(app.config_type, ckpt.config)
+    model = app.build_model(cfg)
+    model.load_state_dict(ckpt.model)
+    model.eval()
+    batch = render_batch(cfg.data, "test", range(args.scenes))
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(0)
+        out = model(batch["image"])
+    scores = fg_ari(batch["mask"], out["masks"])
+    counts = object_errors(batch["mask"], out["masks"].argmax(1), out["masks"].shape[1])
+    table = Table(title=f"{args.checkpoint}: FG-ARI {scores.mean():.3f} on {args.scenes} test scenes, "
+                        f"{(scores > 0.9).float().mean():.0%} of them above 0.9")
+    for column in ("objects", "scenes", "merged", "split", "rim to background"):
+        table.add_column(column, justify="right")
+    rows = []
+    for n in [*sorted(counts["objects"]), "all"]:
+        pick = lambda key: sum(counts[key].values()) if n == "all" else counts[key][n]  # noqa: E731
+        row = {"objects": n, "scenes": pick("images"), "merged": pick("merged") / pick("objects"),
+               "split": pick("split") / pick("objects"), "rim": pick("rim") / pick("images")}
+        rows.append(row)
+        table.add_row(str(n), str(row["scenes"]), f"{row['merged']:.1%}", f"{row['split']:.1%}", f"{row['rim']:.1%}")
+    Console().print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "fg_ari": scores.mean().item(),
+                                               "above_0.9": (scores > 0.9).float().mean().item(), "rows": rows},
+                                              indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""benchmarks/slot_attention_errors.py counts merged, split and rim errors as its docstring defines them."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("slot_attention_errors", ROOT / "benchmarks" / "slot_attention_errors.py")
+errors = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(errors)
+
+
+def test_merges_splits_and_rims_on_a_hand_made_scene():
+    true = torch.zeros(1, 4, 8, dtype=torch.int64)
+    true[0, :, 0:2] = 1  # object 1: 8 pixels
+    true[0, :, 3:5] = 2  # object 2: 8 pixels
+    true[0, :, 6:8] = 3  # object 3: 8 pixels
+    pred = torch.zeros(1, 4, 8, dtype=torch.int64)  # slot 0 holds the background
+    pred[0, :, 0:2] = 1
+    pred[0, :, 3:5] = 1  # object 2 shares object 1's slot: one merge
+    pred[0, :2, 6:8] = 2
+    pred[0, 2:, 6:8] = 3  # object 3 split half and half
+    pred[0, 0, 0] = 0  # one pixel of object 1 lost to the background slot
+    counts = errors.object_errors(true, pred, num_slots=4)
+    assert counts["objects"][3] == 3 and counts["images"][3] == 1
+    assert counts["merged"][3] == 1 and counts["split"][3] == 1
+    assert abs(counts["rim"][3] - 1 / 24) < 1e-9
+
+
+def test_a_perfect_segmentation_has_no_errors():
+    true = torch.zeros(2, 4, 4, dtype=torch.int64)
+    true[:, :2, :2], true[:, 2:, 2:] = 1, 2
+    counts = errors.object_errors(true, true + 1, num_slots=3)  # ids shifted: still a perfect partition
+    assert counts["merged"][2] == counts["split"][2] == 0 and counts["rim"][2] == 0
