@@ -232,13 +232,18 @@ class MLPBroadcastDecoder(nn.Module):
         """slots ``[B,K,S]`` (and, if ``relative``, ``slot_frames``) -> (rgb ``[B,K,3,H,W]``, alpha logits
         ``[B,K,1,H,W]``)."""
         b, k, _ = slots.shape
-        grid = position_grid(self.grid, self.grid, slots.device).to(slots.dtype)  # [g,g,4]
+        x = self.slot_in(slots)[:, :, None, None, :]  # [B,K,1,1,C]
         if self.relative:
             if frames is None:
                 raise ValueError("MLPBroadcastDecoder(relative=True) needs the slots' frames (slot_frames)")
             centre, spread = frames
-            grid = (grid[..., :2] - centre[:, :, None, None, :]) / spread[:, :, None, None, :]  # [B,K,g,g,2]
-        x = F.relu(self.slot_in(slots)[:, :, None, None, :] + self.pos_in(grid))  # [B,K,g,g,C]
+            axis = torch.linspace(0.0, 1.0, self.grid, device=slots.device, dtype=slots.dtype)
+            rel = (axis - centre[..., None]) / spread[..., None]  # [B,K,2,g]: (y, x) in the slot's frame
+            w_y, w_x = self.pos_in.weight.T  # W_p rel = rel_y w_y + rel_x w_x: no [B,K,g,g,2] tensor
+            x = x + rel[:, :, 0, :, None, None] * w_y + rel[:, :, 1, None, :, None] * w_x
+        else:
+            x = x + self.pos_in(position_grid(self.grid, self.grid, slots.device).to(slots.dtype))
+        x = F.relu(x)  # [B,K,g,g,C]
         x = F.relu(self.hidden(x)).flatten(0, 1).permute(0, 3, 1, 2)  # [BK,C,g,g]
         x = self.out(x)
         x = x.reshape(b, k, 4, *x.shape[-2:])
