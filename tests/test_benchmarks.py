@@ -70,3 +70,28 @@ def test_memory_unrolled_grows_with_iterations_and_implicit_estimators_do_not(tm
     for name in ("neumann k=1", "phantom k=5 λ=0.5", "ift"):
         assert by[(name, 5)]["deqkit_bytes"] == by[(name, 10)]["deqkit_bytes"] > 0
         assert by[(name, 10)]["torchdeq_bytes"] > 0
+
+
+def test_slot_attention_benchmark_merges_runs_and_shows_flat_implicit_memory(tmp_path):
+    """Two invocations with different --iters fill one JSON; the implicit module's saved bytes stay flat."""
+    out = tmp_path / "slot_attention.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+    def run(*args: str) -> dict:
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "slot_attention.py"), "--quick", "--json", str(out),
+             "--plots", str(tmp_path), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(out.read_text())
+
+    run("--parts", "curves,backward", "--iters", "1")
+    report = run("--parts", "curves", "--iters", "3")
+    runs = report["curves"]["runs"]
+    assert {"vanilla/T=1/seed=0", "implicit/T=1/seed=0", "vanilla/T=3/seed=0", "implicit/T=3/seed=0"} <= set(runs)
+    for curve in runs.values():
+        assert [p["step"] for p in curve] == [10, 20, 30]
+        assert all(-1.0 <= p["fg_ari"] <= 1.0 and p["mse"] > 0 for p in curve)
+    rows = {(r["method"], r["iters"]): r for r in report["backward"]["rows"]}
+    assert rows[("vanilla", 7)]["slot_attention_saved_mb"] > rows[("vanilla", 1)]["slot_attention_saved_mb"]
+    assert rows[("implicit", 7)]["slot_attention_saved_mb"] == rows[("implicit", 1)]["slot_attention_saved_mb"]
+    assert (tmp_path / "slot_attention_fg_ari_vs_step.png").exists()
