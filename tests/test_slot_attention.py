@@ -283,3 +283,13 @@ def test_impossible_model_configs_fail_before_training(sets, message):
 
     with pytest.raises(ConfigError, match=message):
         load_application("applications/slot_attention").make_config("cpu", sets)
+
+
+@pytest.mark.slow
+def test_cpu_preset_discovers_objects_in_2000_steps(tmp_path):
+    """~5 minutes: the README's model, shortened, separates objects well above chance (measured 0.75)."""
+    app = load_application("applications/slot_attention")
+    config = app.make_config("cpu", ["train.steps=2000", "train.eval_every=0", "train.ckpt_every=0",
+                                     "train.image_every=0"])
+    result = train(app, config, tmp_path / "run", preset="cpu")
+    assert result.metrics["fg_ari"] >= 0.6, result.metrics
