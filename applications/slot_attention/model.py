@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deqkit import FixedPoint, SolveInfo
-from deqkit.errors import ConfigError
+from deqkit.train import ConfigError  # a usage error: one line, exit status 2 from the CLI
 
 
 class SlotAttentionStep(nn.Module):
@@ -158,6 +158,15 @@ class Encoder(nn.Module):
         return self.mlp(self.norm(x.flatten(1, 2)))
 
 
+def upsampling_steps(size: int, grid: int) -> int:
+    """How many stride-2 upsamplings take a ``grid x grid`` broadcast to ``size x size`` (a ConfigError
+    unless ``size`` is ``grid`` times a power of 2)."""
+    ups = math.log2(size / grid) if grid >= 1 else -1.0
+    if ups != int(ups) or ups < 0:
+        raise ConfigError(f"image size {size} must be decoder_grid={grid} times a power of 2")
+    return int(ups)
+
+
 class SpatialBroadcastDecoder(nn.Module):
     """Each slot ``[S]`` is tiled on a ``grid x grid`` map, given positions, and upsampled by stride-2
     transposed convolutions to ``size x size``, then ``full_res_convs`` 3x3 convolutions and a 3x3 output
@@ -166,13 +175,11 @@ class SpatialBroadcastDecoder(nn.Module):
 
     def __init__(self, slot_dim: int, channels: int, size: int, grid: int = 8, full_res_convs: int = 1):
         super().__init__()
-        ups = math.log2(size / grid)
-        if grid < 1 or ups != int(ups) or ups < 0:
-            raise ConfigError(f"decoder: image size {size} must be grid={grid} times a power of 2")
+        ups = upsampling_steps(size, grid)
         self.grid = grid
         self.pos = SoftPositionEmbed(slot_dim)
         layers: list[nn.Module] = []
-        c_in, ups = slot_dim, int(ups)
+        c_in = slot_dim
         for i in range(ups):
             # with no full-resolution convolutions the last upsampling writes the output directly (cheap)
             is_output = i == ups - 1 and full_res_convs == 0
@@ -212,10 +219,8 @@ class MLPBroadcastDecoder(nn.Module):
 
     def __init__(self, slot_dim: int, channels: int, size: int, grid: int, relative: bool = False):
         super().__init__()
-        ups = math.log2(size / grid)
-        if grid < 1 or ups != int(ups) or ups < 0:
-            raise ConfigError(f"decoder: image size {size} must be grid={grid} times a power of 2")
-        self.grid, ups = grid, int(ups)
+        ups = upsampling_steps(size, grid)
+        self.grid = grid
         self.relative = relative
         self.slot_in = nn.Linear(slot_dim, channels)
         self.pos_in = nn.Linear(2 if relative else 4, channels, bias=False)
