@@ -120,6 +120,19 @@ def test_diagnose_reports_json_and_plots(run, tmp_path):
     assert "cosine" in result.stdout
 
 
+def test_eval_and_diagnose_set_changes_the_solve_not_the_weights(run, tmp_path):
+    ckpt = run / "checkpoints" / "last.safetensors"
+    default = invoke("diagnose", ckpt, "--batches", "1", "--json", tmp_path / "default.json")
+    capped = invoke("diagnose", ckpt, "--batches", "1", "--json", tmp_path / "capped.json", "--set", "max_iter=2")
+    assert default.exit_code == 0 and capped.exit_code == 0, (default.output, capped.output)
+    nfe = {name: json.loads((tmp_path / f"{name}.json").read_text())["fixed_points"]["fp"]["nfe"]
+           for name in ("default", "capped")}
+    assert nfe["capped"] <= 2 < nfe["default"]
+    assert invoke("eval", ckpt, "--json", "--set", "max_iter=2").exit_code == 0
+    one_line_error(invoke("eval", ckpt, "--set", "hidden=9"), 2, "--set hidden=9 changes the model")
+    one_line_error(invoke("eval", ckpt, "--set", "no_such_key=1"), 2, "no_such_key")
+
+
 def test_bad_checkpoints_give_one_line_errors_and_change_nothing(run, tmp_path):
     good = (run / "checkpoints" / "last.safetensors").read_bytes()
     truncated = tmp_path / "truncated.safetensors"

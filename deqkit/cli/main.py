@@ -27,6 +27,8 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+EVAL_SET_HELP = ("Change the checkpoint's config before building the model, e.g. --set iters=12 to iterate "
+                 "longer at test time (repeatable); changes to the weights' shapes are errors.")
 SET_HELP = ("Override a config value, e.g. --set train.lr=3e-4 --set hidden=64 (repeatable). Types follow the "
             "config dataclass; unknown keys are errors listing the valid ones.")
 
@@ -141,6 +143,7 @@ def eval_(
     batches: Optional[int] = typer.Option(None, min=1, help="Score only the first N batches."),
     json_: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object instead of a table."),
     device: str = typer.Option("cpu", metavar="cpu|cuda", help="Where to run the model."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help=EVAL_SET_HELP),
 ) -> None:
     """Score a checkpoint with its application's metrics on a split."""
     from deqkit.train.evaluate import evaluate
@@ -149,7 +152,7 @@ def eval_(
     from deqkit.train.distributed import Dist
 
     dev = pick_device(device, Dist())
-    restored = restore(checkpoint, dev)
+    restored = restore(checkpoint, dev, set_)
     values = evaluate(restored.app, restored.model, restored.config, split, dev, limit=batches)
     if json_:
         typer.echo(json.dumps({"app": restored.app.name, "step": restored.checkpoint.step, "split": split,
@@ -172,6 +175,7 @@ def diagnose(
     plots: Optional[Path] = typer.Option(None, metavar="DIR",
                                          help="Write PNGs: residual curves, spectral norm over training."),
     device: str = typer.Option("cpu", metavar="cpu|cuda", help="Where to run the model."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help=EVAL_SET_HELP),
 ) -> None:
     """Solver and gradient health of every fixed-point layer of a checkpoint's model.
 
@@ -184,7 +188,7 @@ def diagnose(
     from deqkit.train.trainer import pick_device
 
     dev = pick_device(device, Dist())
-    restored = restore(checkpoint, dev)
+    restored = restore(checkpoint, dev, set_)
     report = run_diagnose(restored, batches=batches, split=split, device=dev)
     console = _stdout()
     table = Table(title=f"{restored.app.name} @ step {report['step']}: {report['split']} "

@@ -11,8 +11,8 @@ from torch import nn
 
 from deqkit.train.application import Application, load_application
 from deqkit.train.checkpoint import Checkpoint, load_checkpoint, read_metadata
-from deqkit.train.config import from_dict
-from deqkit.train.errors import ApplicationError, CheckpointError
+from deqkit.train.config import from_dict, resolve_config
+from deqkit.train.errors import ApplicationError, CheckpointError, UsageError
 
 
 @dataclass
@@ -45,16 +45,26 @@ def find_checkpoint_app(path: str | Path) -> Application:
     return app
 
 
-def restore(path: str | Path, device: torch.device | str = "cpu") -> Restored:
-    """Load ``path`` (one-line :class:`CheckpointError` if it is missing, corrupt or foreign)."""
+def restore(path: str | Path, device: torch.device | str = "cpu", sets: list[str] | tuple[str, ...] = ()
+            ) -> Restored:
+    """Load ``path`` (one-line :class:`CheckpointError` if it is missing, corrupt or foreign).
+
+    ``sets`` (``key=value``) change the stored config before the model is built, e.g. ``iters=12`` to run a
+    fixed point longer at test time; a change that alters the weights' shapes is a one-line error.
+    """
     app = find_checkpoint_app(path)
     ckpt = load_checkpoint(path, app=app.name)
     config = from_dict(app.config_type, ckpt.config)
+    if sets:
+        config = resolve_config(app.config_type, base=config, sets=sets)
     model = app.build_model(config).to(device)
     try:
         model.load_state_dict({k: v.to(device) for k, v in ckpt.model.items()})
     except RuntimeError as err:
-        raise CheckpointError(f"{path} does not fit the model of '{app.name}': "
-                              f"{' '.join(str(err).split())[:300]}") from None
+        detail = " ".join(str(err).split())[:300]
+        if sets:  # the user's change broke it: a usage error (exit 2), not a bad checkpoint
+            raise UsageError(f"--set {' '.join(sets)} changes the model of '{app.name}' so that {path} no longer "
+                             f"fits it; only change what leaves the weights' shapes alone: {detail}") from None
+        raise CheckpointError(f"{path} does not fit the model of '{app.name}': {detail}") from None
     model.eval()
     return Restored(app=app, config=config, model=model, checkpoint=ckpt, path=Path(path))
