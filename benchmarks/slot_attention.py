@@ -41,10 +41,11 @@ APP = load_application(ROOT / "applications" / "slot_attention")
 METHODS = {"vanilla": "unrolled", "implicit": "neumann"}
 
 
-def make_config(quick: bool, sets: list[str] = ()) -> Any:
+def make_config(quick: bool, sets: list[str] = (), full_size: bool = False) -> Any:
     """The cpu preset's model at 32 px (a training step 52 ms vs 126 ms at 64 px, so the 18 curves
-    took 31 minutes on one core); ``quick``: 16 px and narrower."""
-    base = ["data.image_size=32", "encoder_downsample=1", "decoder_grid=16"]
+    took 31 minutes on one core); ``full_size``: the cpu preset as it is (64 px); ``quick``: 16 px and
+    narrower."""
+    base = [] if full_size else ["data.image_size=32", "encoder_downsample=1", "decoder_grid=16"]
     if quick:
         base = ["data.image_size=16", "encoder_downsample=0", "decoder_grid=8", "channels=16", "slot_dim=32",
                 "mlp_hidden=64"]
@@ -90,29 +91,30 @@ def part_curves(args: argparse.Namespace) -> dict[str, Any]:
     seeds = range(1 if args.quick else args.seeds)
     steps = 30 if args.quick else args.steps
     eval_every = 10 if args.quick else max(1, steps // 12)
-    results: dict[str, Any] = {"steps": steps, "seeds": list(seeds), "runs": {}}
+    results: dict[str, Any] = {"steps": steps, "seeds": list(seeds), "image_size": make_config(
+        args.quick, full_size=args.full_size).data.image_size, "runs": {}}
     for iters in iters_list:
-        for name, backward in METHODS.items():
+        for name in args.methods:
             for seed in seeds:
-                cfg = make_config(args.quick, [f"iters={iters}", f"backward={backward}", f"train.seed={seed}",
-                                               f"train.steps={steps}"])
+                cfg = make_config(args.quick, [f"iters={iters}", f"backward={METHODS[name]}", f"train.seed={seed}",
+                                               f"train.steps={steps}"], args.full_size)
                 evals = [render_batch(cfg.data, "val", range(i * 32, (i + 1) * 32))
                          for i in range(1 if args.quick else 4)]
                 curve = train_curve(cfg, steps, eval_every, evals)
                 results["runs"][f"{name}/T={iters}/seed={seed}"] = curve
                 print(f"curves {name} T={iters} seed={seed}: fg_ari {curve[-1]['fg_ari']:.3f} "
                       f"mse {curve[-1]['mse']:.5f} in {curve[-1]['time']:.0f}s", flush=True)
-    # Keep the runs of other iteration counts already in the JSON (e.g. written by a parallel invocation
-    # with another --iters), read now rather than at the start so both invocations' runs survive.
+    # Keep the runs already in the JSON that this invocation did not redo (e.g. written by a parallel
+    # invocation with other --iters or --methods), read now rather than at the start so both survive.
     path = Path(args.json)
     previous = json.loads(path.read_text()).get("curves", {}) if path.exists() else {}
-    if previous.get("steps") == steps and previous.get("seeds") == list(seeds):
-        results["runs"] = {**{k: v for k, v in previous.get("runs", {}).items()
-                              if _iters_of(k) not in iters_list}, **results["runs"]}
-    done = tuple(sorted({_iters_of(k) for k in results["runs"]}))
+    if all(previous.get(k) == results[k] for k in ("steps", "seeds", "image_size")):
+        results["runs"] = {**previous.get("runs", {}), **results["runs"]}
+    done = tuple(sorted(i for i in {_iters_of(k) for k in results["runs"]}  # both gradients, every seed
+                        if all(f"{n}/T={i}/seed={s}" in results["runs"] for n in METHODS for s in seeds)))
     print_curve_table(results, done, seeds)
-    if args.plots:
-        plot_curves(results, done, seeds, Path(args.plots))
+    if args.plots and done:
+        plot_curves(results, done, seeds, Path(args.plots), "slot_attention_64px" if args.full_size else "slot_attention")
     return results
 
 
@@ -145,7 +147,8 @@ def print_curve_table(results: dict[str, Any], iters_list: tuple[int, ...], seed
     Console().print(table)
 
 
-def plot_curves(results: dict[str, Any], iters_list: tuple[int, ...], seeds: range, folder: Path) -> None:
+def plot_curves(results: dict[str, Any], iters_list: tuple[int, ...], seeds: range, folder: Path,
+                prefix: str = "slot_attention") -> None:
     for metric in ("fg_ari", "mse"):
         for axis in ("step", "time"):
             series = {}
@@ -155,7 +158,7 @@ def plot_curves(results: dict[str, Any], iters_list: tuple[int, ...], seeds: ran
                     xs = [statistics.mean(r[i][axis] for r in runs) for i in range(len(runs[0]))]
                     ys = [statistics.mean(r[i][metric] for r in runs) for i in range(len(runs[0]))]
                     series[f"{name} T={iters}"] = (xs, ys)
-            save_curves(folder / f"slot_attention_{metric}_vs_{axis}.png", series,
+            save_curves(folder / f"{prefix}_{metric}_vs_{axis}.png", series,
                         title=f"slot attention: {metric.upper()} (mean of {len(seeds)} seeds)",
                         xlabel="training seconds" if axis == "time" else "step", ylabel=metric,
                         logy=metric == "mse")
@@ -284,11 +287,18 @@ def main() -> None:
     parser.add_argument("--iters", type=lambda t: [int(v) for v in t.split(",")], default=None,
                         help="iteration counts of the curves part (default 1,3,7; quick 1,3); runs of other "
                              "counts already in --json are kept, so e.g. 1,3 and 7 can run in two processes")
+    parser.add_argument("--methods", type=lambda t: [v.strip() for v in t.split(",") if v.strip()],
+                        default=list(METHODS), help="gradients of the curves part (vanilla,implicit); as "
+                        "with --iters, runs already in --json are kept")
+    parser.add_argument("--full-size", action="store_true",
+                        help="curves part: the cpu preset's model at its own 64 px instead of 32 px")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "slot_attention.json"))
     parser.add_argument("--plots", default=str(ROOT / "docs"), help="folder for PNGs ('' for none)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if set(args.methods) - set(METHODS) or not args.methods:
+        parser.error(f"--methods: choose from {sorted(METHODS)}, got {args.methods}")
     parts = {"curves": part_curves, "backward": part_backward, "lucidrains": part_lucidrains}
     chosen = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = set(chosen) - set(parts)
