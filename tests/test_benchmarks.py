@@ -73,7 +73,7 @@ def test_memory_unrolled_grows_with_iterations_and_implicit_estimators_do_not(tm
 
 
 def test_slot_attention_benchmark_merges_runs_and_shows_flat_implicit_memory(tmp_path):
-    """Two invocations with different --iters fill one JSON; the implicit module's saved bytes stay flat."""
+    """Invocations with different --iters / --methods fill one JSON; the implicit module's saved bytes stay flat."""
     out = tmp_path / "slot_attention.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
@@ -85,7 +85,8 @@ def test_slot_attention_benchmark_merges_runs_and_shows_flat_implicit_memory(tmp
         return json.loads(out.read_text())
 
     run("--parts", "curves,backward", "--iters", "1")
-    report = run("--parts", "curves", "--iters", "3")
+    run("--parts", "curves", "--iters", "3", "--methods", "vanilla")
+    report = run("--parts", "curves", "--iters", "3", "--methods", "implicit")
     runs = report["curves"]["runs"]
     assert {"vanilla/T=1/seed=0", "implicit/T=1/seed=0", "vanilla/T=3/seed=0", "implicit/T=3/seed=0"} <= set(runs)
     for curve in runs.values():
