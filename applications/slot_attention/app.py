@@ -77,9 +77,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_slots": 3, "slot_dim": 16, "channels": 8, "mlp_hidden": 16, "encoder_layers": 2,
         "encoder_kernel": 3, "decoder_grid": 8, "decoder": "mlp", "init": "learned",
     },
-    # the CPU default (`deqkit train slot_attention`): 7000 steps < 20 minutes on one core (measured with
-    # 7500 steps: step 7000 at 19.5 min and 7500 at 20.8 min with a benchmark on the other core; test
-    # FG-ARI 0.71, 0.73 with `deqkit eval --set iters=10`).
+    # the CPU default (`deqkit train slot_attention`): 7000 steps in 17.8 min on one core, test FG-ARI 0.76
+    # (0.78 with `deqkit eval --set iters=10`); a 7500-step run passed step 7000 at 19.5 min with a
+    # benchmark on the other core (test FG-ARI 0.71).
     # Each choice is measured in docs/slot_attention.md: 64 px (at 32 px, masks exact at half resolution
     # score only 0.85 FG-ARI), random-hue objects (the 8-colour palette repeats colours: a colour
     # connected-components oracle scores 0.95 instead of 1.00), stride-2 3x3 encoder, learned-query slots
