@@ -21,11 +21,7 @@ from rich.table import Table
 
 from deqkit.data import render_batch
 from deqkit.metrics import fg_ari
-from deqkit.train import load_application
-from deqkit.train.checkpoint import load_checkpoint
-from deqkit.train.config import from_dict
-
-ROOT = Path(__file__).resolve().parents[1]
+from deqkit.train.restore import restore
 
 
 def object_errors(true: torch.Tensor, pred: torch.Tensor, num_slots: int) -> dict[str, Counter]:
@@ -56,13 +52,9 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=512)
     parser.add_argument("--json", default="", help="also write the numbers here")
     args = parser.parse_args()
-    app = load_application(ROOT / "applications" / "slot_attention")
-    ckpt = load_checkpoint(args.checkpoint, app=app.name)
-    cfg = from_dict(app.config_type, ckpt.config)
-    model = app.build_model(cfg)
-    model.load_state_dict(ckpt.model)
-    model.eval()
-    batch = render_batch(cfg.data, "test", range(args.scenes))
+    restored = restore(args.checkpoint)  # the model in eval mode, rebuilt from the checkpoint alone
+    model = restored.model
+    batch = render_batch(restored.config.data, "test", range(args.scenes))
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(0)
         out = model(batch["image"])

@@ -81,7 +81,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (0.78 with `deqkit eval --set iters=10`); a 7500-step run passed step 7000 at 19.5 min with a
     # benchmark on the other core (test FG-ARI 0.71).
     # Each choice is measured in docs/slot_attention.md: 64 px (at 32 px, masks exact at half resolution
-    # score only 0.85 FG-ARI), random-hue objects (the 8-colour palette repeats colours: a colour
+    # score only 0.86 FG-ARI), random-hue objects (the 8-colour palette repeats colours: a colour
     # connected-components oracle scores 0.95 instead of 1.00), stride-2 3x3 encoder, learned-query slots
     # and the MLP broadcast decoder (~5x cheaper than the conv decoder at 32 px), 5 iterations.
     "cpu": {
