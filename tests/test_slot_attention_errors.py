@@ -35,3 +35,18 @@ def test_a_perfect_segmentation_has_no_errors():
     true[:, :2, :2], true[:, 2:, 2:] = 1, 2
     counts = errors.object_errors(true, true + 1, num_slots=3)  # ids shifted: still a perfect partition
     assert counts["merged"][2] == counts["split"][2] == 0 and counts["rim"][2] == 0
+
+
+def test_objects_touch_within_the_gap_only():
+    apart = torch.zeros(1, 6, 9, dtype=torch.int64)
+    apart[0, :, 0:2], apart[0, :, 5:7] = 1, 2  # 3 empty columns between the objects
+    near = apart.clone()
+    near[0, :, 3:4] = 1  # object 1 now ends one column before object 2 starts
+    overlapping = torch.zeros(1, 6, 9, dtype=torch.int64)
+    overlapping[0, :, 0:4], overlapping[0, :, 4:6] = 1, 2  # adjacent (occlusion leaves no gap)
+    single = torch.zeros(1, 6, 9, dtype=torch.int64)
+    single[0, 2:4, 2:4] = 1
+    scenes = torch.cat([apart, near, overlapping, single])
+    assert errors.objects_touch(scenes, gap=1).tolist() == [False, False, True, False]
+    assert errors.objects_touch(scenes, gap=2).tolist() == [False, True, True, False]
+    assert errors.objects_touch(scenes, gap=4).tolist() == [True, True, True, False]
