@@ -95,7 +95,7 @@ def main() -> None:
                   for name, pick in (("touching", touch), ("apart", ~touch))}
     console = Console()
     console.print(table)
-    console.print("FG-ARI by contact (objects within {} px): ".format(args.gap) + ", ".join(
+    console.print(f"FG-ARI by contact (objects within {args.gap} px): " + ", ".join(
         f"{name} {v['fg_ari']:.3f} ({v['scenes']} scenes)" for name, v in by_contact.items() if v["scenes"]))
     if args.json:
         Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "fg_ari": scores.mean().item(),
