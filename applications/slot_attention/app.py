@@ -78,8 +78,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "encoder_kernel": 3, "decoder_grid": 8, "decoder": "mlp", "init": "learned",
     },
     # the CPU default (`deqkit train slot_attention`): 7000 steps in 17.8 min on one core, test FG-ARI 0.76
-    # (0.78 with `deqkit eval --set iters=10`); a 7500-step run passed step 7000 at 19.5 min with a
-    # benchmark on the other core (test FG-ARI 0.71).
+    # (0.78 with `deqkit eval --set iters=10`), 0.60 with train.seed=1; a 7500-step run passed step 7000 at
+    # 19.5 min with a benchmark on the other core (test FG-ARI 0.71).
     # Each choice is measured in docs/slot_attention.md: 64 px (at 32 px, masks exact at half resolution
     # score only 0.86 FG-ARI), random-hue objects (the 8-colour palette repeats colours: a colour
     # connected-components oracle scores 0.95 instead of 1.00), stride-2 3x3 encoder, learned-query slots
