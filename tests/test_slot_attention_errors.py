@@ -41,7 +41,7 @@ def test_objects_touch_within_the_gap_only():
     apart = torch.zeros(1, 6, 9, dtype=torch.int64)
     apart[0, :, 0:2], apart[0, :, 5:7] = 1, 2  # 3 empty columns between the objects
     near = apart.clone()
-    near[0, :, 3:4] = 1  # object 1 now ends one column before object 2 starts
+    near[0, :, 3:4] = 1  # object 1 also covers column 3: one empty column (4) before object 2
     overlapping = torch.zeros(1, 6, 9, dtype=torch.int64)
     overlapping[0, :, 0:4], overlapping[0, :, 4:6] = 1, 2  # adjacent (occlusion leaves no gap)
     single = torch.zeros(1, 6, 9, dtype=torch.int64)
