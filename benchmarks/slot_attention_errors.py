@@ -26,12 +26,18 @@ from deqkit.metrics import fg_ari
 from deqkit.train.restore import restore
 
 
+def object_ids(true_mask: torch.Tensor) -> torch.Tensor:
+    """The object ids of one scene's instance mask ``[H,W]`` (0 is background, which may be absent)."""
+    ids = true_mask.unique()
+    return ids[ids > 0]
+
+
 def object_errors(true: torch.Tensor, pred: torch.Tensor, num_slots: int) -> dict[str, Counter]:
     """Counts per number of objects: ``objects``, ``merged``, ``split``; and the summed ``rim`` fraction."""
     counts: dict[str, Counter] = {k: Counter() for k in ("images", "objects", "merged", "split", "rim")}
     for t, p in zip(true, pred):
         background = torch.bincount(p[t == 0], minlength=num_slots).argmax()
-        ids = t.unique()[1:]
+        ids = object_ids(t)
         n, owners = len(ids), []
         for obj in ids:
             hits = torch.bincount(p[t == obj], minlength=num_slots).float()
@@ -53,7 +59,7 @@ def objects_touch(true: torch.Tensor, gap: int = 1) -> torch.Tensor:
     (Chebyshev distance) of each other."""
     result = []
     for t in true:
-        ids = t.unique()[1:]
+        ids = object_ids(t)
         if len(ids) < 2:
             result.append(False)
             continue

@@ -46,7 +46,9 @@ def test_objects_touch_within_the_gap_only():
     overlapping[0, :, 0:4], overlapping[0, :, 4:6] = 1, 2  # adjacent (occlusion leaves no gap)
     single = torch.zeros(1, 6, 9, dtype=torch.int64)
     single[0, 2:4, 2:4] = 1
-    scenes = torch.cat([apart, near, overlapping, single])
-    assert errors.objects_touch(scenes, gap=1).tolist() == [False, False, True, False]
-    assert errors.objects_touch(scenes, gap=2).tolist() == [False, True, True, False]
-    assert errors.objects_touch(scenes, gap=4).tolist() == [True, True, True, False]
+    no_background = torch.ones(1, 6, 9, dtype=torch.int64)
+    no_background[0, :, 5:] = 2  # two objects fill the image: no id 0 to skip
+    scenes = torch.cat([apart, near, overlapping, single, no_background])
+    assert errors.objects_touch(scenes, gap=1).tolist() == [False, False, True, False, True]
+    assert errors.objects_touch(scenes, gap=2).tolist() == [False, True, True, False, True]
+    assert errors.objects_touch(scenes, gap=4).tolist() == [True, True, True, False, True]
