@@ -10,10 +10,11 @@ import torch
 
 from deqkit.data import SceneConfig, SceneDataset
 from deqkit.metrics import ari, fg_ari, matched_miou, reconstruction_mse
+from deqkit.nn import upsampling_steps
 from deqkit.plots import save_slot_grid
 from deqkit.train import Application, ConfigError, TrainConfig
 
-from .model import SlotAutoencoder, reconstruction_loss, upsampling_steps
+from .model import SlotAutoencoder, reconstruction_loss
 
 Batch = dict[str, torch.Tensor]
 

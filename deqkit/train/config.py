@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Literal, Mapping
 
+from deqkit.errors import ConfigError as _CoreConfigError
 from deqkit.train.errors import ConfigError
 
 
@@ -206,6 +207,10 @@ def from_dict(cls: type, data: Mapping[str, Any], *, _prefix: str = "", _root: t
         return cls(**kwargs)
     except TypeError as err:  # e.g. a required field without a default
         raise ConfigError(f"cannot build {cls.__name__}: {err}") from None
+    except _CoreConfigError as err:  # a __post_init__ check of the core (e.g. deqkit.nn): a usage error here
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(str(err)) from None
 
 
 def _convert(key: str, value: Any, tp: Any, from_text: bool) -> Any:
