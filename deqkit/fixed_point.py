@@ -6,7 +6,7 @@ each other's internals. Gradients are recorded exactly when ``torch.is_grad_enab
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import torch
@@ -14,11 +14,12 @@ from torch import nn
 
 from deqkit.backward import BackwardEstimator, resolve_backward
 from deqkit.errors import ConfigError, reject_unknown_options, unknown_choice
-from deqkit.pytree import State, flat_map, spec_of, tree_map
+from deqkit.pytree import State, StateSpec, flat_map, spec_of, tree_leaves, tree_map
 from deqkit.solvers import Solver, resolve_solver
 from deqkit.solvers.base import STOP_MODES, SolveInfo, StopMode
 
 OPTIONS = ("solver", "backward", "tol", "max_iter", "stop_mode")
+FIXED_POINT_OPTIONS = ("inputs", *OPTIONS)
 
 
 def check_options(tol: float | None, max_iter: int, stop_mode: str) -> None:
@@ -40,6 +41,7 @@ def fixed_point(
     tol: float | None = 1e-4,
     max_iter: int = 50,
     stop_mode: StopMode = "rel",
+    inputs: tuple | None = None,
     **unknown: Any,
 ) -> tuple[State, SolveInfo]:
     """Solve z = f(z) per sample from ``z0`` and return ``(z, info)`` with gradients from ``backward``.
@@ -48,16 +50,27 @@ def fixed_point(
     same structure and closes over its inputs and parameters. ``tol=None`` runs exactly ``max_iter``
     iterations and returns the last iterate. Under ``torch.is_grad_enabled()`` the result carries the
     chosen gradient; implicit estimators return f applied to the detached solution (one step past it).
+
+    ``inputs``: instead of closing over them, f may take its per-sample inputs as ``f(z, *inputs)``
+    (pytrees of batch-first tensors). The solver can then evaluate f on the samples still running only
+    (``f(z[rows], *inputs[rows])``), so samples that converged stop costing time; results are the same.
     """
-    reject_unknown_options("fixed_point", unknown, OPTIONS)
+    reject_unknown_options("fixed_point", unknown, FIXED_POINT_OPTIONS)
     check_options(tol, max_iter, stop_mode)
     solver_obj, estimator = resolve_solver(solver), resolve_backward(backward)
     spec = spec_of(z0)
+    f_rows = None
+    if inputs is not None:
+        if not isinstance(inputs, tuple):
+            raise ConfigError(f"inputs must be a tuple (f is called as f(z, *inputs)), got {type(inputs).__name__}")
+        step, f = f, lambda z: step(z, *inputs)
+        if tol is not None and not torch.compiler.is_compiling():
+            f_rows = row_map(step, inputs, spec)
     f_flat = flat_map(f, spec)
     z0_flat = spec.flatten(z0)
 
     def solve(z_init: torch.Tensor) -> tuple[torch.Tensor, SolveInfo]:
-        return solver_obj.solve(f_flat, z_init, tol=tol, max_iter=max_iter, stop_mode=stop_mode)
+        return solver_obj.solve(f_flat, z_init, tol=tol, max_iter=max_iter, stop_mode=stop_mode, f_rows=f_rows)
 
     if torch.is_grad_enabled() and estimator.unrolled:
         z, info = solve(z0_flat)
@@ -67,6 +80,32 @@ def fixed_point(
         if torch.is_grad_enabled():
             z = estimator.attach(f_flat, z)
     return spec.unflatten(z), info
+
+
+def row_map(step: Callable[..., State], inputs: tuple, spec: StateSpec) -> Callable | None:
+    """``(z_flat[rows], rows) -> f(z)[rows]`` evaluating ``step`` on those samples of z and of ``inputs``.
+
+    None when some tensor in ``inputs`` is not batch-first with the state's batch size (nothing to slice
+    safely, or no tensor at all: f then closes over its per-sample data). If f still closes over per-sample
+    tensors, the evaluation on a subset fails and the solver goes back to whole batches. The subset of
+    inputs is kept while the set of rows does not change.
+    """
+    leaves = [leaf for leaf in tree_leaves(inputs) if isinstance(leaf, torch.Tensor)]
+    if not leaves or any(leaf.dim() == 0 or leaf.shape[0] != spec.batch for leaf in leaves):
+        return None
+    cache: dict[str, Any] = {"rows": None}
+
+    def take(x: Any, rows: torch.Tensor) -> Any:
+        return x.index_select(0, rows) if isinstance(x, torch.Tensor) else x
+
+    def f_rows(z_rows: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        cached = cache["rows"]
+        if cached is None or cached.shape != rows.shape or not torch.equal(cached, rows):
+            cache["rows"], cache["inputs"] = rows, tree_map(lambda x: take(x, rows), inputs)
+        sub = replace(spec, batch=rows.numel())
+        return sub.flatten(step(sub.unflatten(z_rows), *cache["inputs"]))
+
+    return f_rows
 
 
 @dataclass(frozen=True)
@@ -128,8 +167,9 @@ class FixedPoint(nn.Module):
 
     def forward(self, z0: State, *inputs: Any) -> tuple[State, SolveInfo]:
         z, info = fixed_point(
-            self.closure(*inputs),
+            self.step,
             z0,
+            inputs=inputs,
             solver=self._solver,
             backward=self._backward,
             tol=self.tol,

@@ -7,7 +7,6 @@ the structure they gave.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -37,7 +36,7 @@ class StateSpec:
         """Per-sample size D of the flat view."""
         return sum(self.numels)
 
-    @functools.cached_property
+    @property  # not cached_property: its lock stops torch.compile from tracing a solve
     def is_matrix(self) -> bool:
         """True when the state is one ``[B, D]`` tensor of the flat dtype, so flattening is the identity."""
         return self.treedef.is_leaf() and len(self.shapes[0]) == 1 and self.dtypes[0] == self.dtype

@@ -58,7 +58,7 @@ def test_solver_and_backward_can_be_swapped_by_name_or_object():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"tolerance": 1e-3}, "unknown option 'tolerance' for fixed_point; valid options: backward, max_iter, solver, stop_mode, tol"),
+        ({"tolerance": 1e-3}, "unknown option 'tolerance' for fixed_point; valid options: backward, inputs, max_iter, solver, stop_mode, tol"),
         ({"solver": "newton"}, "unknown solver 'newton'; valid choices: anderson, broyden, iteration"),
         ({"stop_mode": "max"}, "unknown stop_mode 'max'"),
         ({"tol": -1.0}, "tol=-1.0 is invalid"),

@@ -22,10 +22,14 @@ LINEAR_SOLVERS = {"gmres": GMRES, **SOLVERS}
 
 @dataclass(frozen=True)
 class IFT(BackwardEstimator):
-    """Implicit-function-theorem gradient; ``solver`` solves the adjoint system (``"gmres"`` or a fixed-point solver)."""
+    """Implicit-function-theorem gradient; ``solver`` solves the adjoint system (``"gmres"`` or a fixed-point solver).
+
+    ``tol=None`` with a fixed-point solver runs exactly ``max_iter`` adjoint steps: no data-dependent control
+    flow, so the backward compiles under ``torch.compile(fullgraph=True)``.
+    """
 
     solver: str | Solver | GMRES = "gmres"
-    tol: float = 1e-6
+    tol: float | None = 1e-6
     max_iter: int = 50
     stop_mode: StopMode = "rel"
 
@@ -34,13 +38,15 @@ class IFT(BackwardEstimator):
             raise unknown_choice("IFT linear solver", self.solver, LINEAR_SOLVERS)
         if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
             raise ConfigError(f"IFT(max_iter={self.max_iter!r}) is invalid; max_iter must be an integer >= 1")
-        if not self.tol > 0:
-            raise ConfigError(f"IFT(tol={self.tol}) is invalid; tol must be > 0")
+        if self.tol is None and (self.solver == "gmres" or isinstance(self.solver, GMRES)):
+            raise ConfigError("IFT(tol=None) needs a fixed-point adjoint solver, e.g. IFT(solver='iteration', tol=None)")
+        if self.tol is not None and not self.tol > 0:
+            raise ConfigError(f"IFT(tol={self.tol}) is invalid; tol must be > 0, or None for a fixed step count")
         if self.stop_mode not in STOP_MODES:
             raise unknown_choice("stop_mode", self.stop_mode, STOP_MODES)
 
     def attach(self, f: FlatMap, z_star: torch.Tensor) -> torch.Tensor:
-        if is_transformed(z_star):
+        if torch.compiler.is_compiling() or is_transformed(z_star):
             # Inside torch.func transforms requires_grad_ is not allowed: the backward re-linearises f
             # at z* with torch.func.vjp instead of reusing the recorded graph.
             return _AdjointIdentity.apply(f(z_star), z_star, self, f)
@@ -86,7 +92,9 @@ class _AdjointIdentity(torch.autograd.Function):
     def backward(ctx, v: torch.Tensor):
         # create_graph=True turns grad mode on here; torch.func.grad does too (v is then a wrapped tensor),
         # and a second grad/jvp transform on the stack means a derivative of this gradient is wanted.
-        if (torch.is_grad_enabled() and not is_transformed(v)) or _nested_differentiation():
+        # (Under torch.compile the backward is traced ahead of time, where neither check can be read.)
+        compiling = torch.compiler.is_compiling()
+        if not compiling and ((torch.is_grad_enabled() and not is_transformed(v)) or _nested_differentiation()):
             raise RuntimeError(
                 "double backward through deqkit's IFT gradient is not supported (it would be silently wrong); "
                 "use backward='unrolled' or Neumann(k) / Phantom(k) for higher-order derivatives"

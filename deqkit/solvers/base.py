@@ -12,6 +12,7 @@ from typing import Callable, Literal
 import torch
 
 FlatMap = Callable[[torch.Tensor], torch.Tensor]
+RowMap = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (z[rows], rows) -> f(z)[rows]
 StopMode = Literal["abs", "rel"]
 STOP_MODES = ("abs", "rel")
 _EPS = 1e-12
@@ -40,7 +41,12 @@ class SolveInfo:
 
 
 def is_transformed(tensor: torch.Tensor) -> bool:
-    """True inside torch.func transforms (e.g. vmap), where tensors cannot be read by Python control flow."""
+    """True inside torch.func transforms (e.g. vmap), where tensors cannot be read by Python control flow.
+
+    Always False while torch.compile traces (dynamo cannot call the check; it traces transforms itself).
+    """
+    if torch.compiler.is_compiling():
+        return False
     return torch._C._functorch.is_functorch_wrapped_tensor(tensor)
 
 
@@ -77,7 +83,9 @@ class Progress:
         self.actives.append(self.active)
         self.residuals.append(res)
         self.abs_residuals.append(abs_res)
-        improved = res < self.best_res  # False for NaN; a frozen sample re-evaluates its best, never improves
+        # False for NaN. Only running samples can improve: a stopped one is frozen at its best iterate and
+        # its f(z) may not even have been evaluated (see Solver.solve's f_rows).
+        improved = (res < self.best_res) & self.active
         self.best_res = torch.where(improved, res, self.best_res)
         self.best_z = torch.where(improved[:, None], z, self.best_z)
         if self.limit is None:
@@ -90,13 +98,6 @@ class Progress:
         self.active = self.active & keep_going
         self.abs_res = abs_res
         return abs_res
-
-    def finished(self) -> bool:
-        # Under torch.func transforms (vmap, grad) a tensor cannot steer Python control flow: run all
-        # max_iter iterations there; stopped samples are frozen either way, so the result is the same.
-        if is_transformed(self.active):
-            return False
-        return not bool(self.active.any())
 
     def next_state(self, z_next: torch.Tensor) -> torch.Tensor:
         """Samples still running move to ``z_next``; stopped ones stay at their best iterate."""
@@ -114,10 +115,20 @@ class Progress:
         finite = torch.isfinite(best_res)
         converged = (best_res <= self.tol) if self.tol is not None else torch.zeros_like(finite)
         # Only NaN/Inf or an exploding residual stop a sample that has not converged.
-        diverged = ~converged & ~(torch.stack(self.abs_residuals) <= self.limit[None]).all(0)
+        within = (torch.stack(self.abs_residuals) <= self.limit[None]) | ~actives  # stopped samples: not looked at
+        diverged = ~converged & ~within.all(0)
         residual = torch.where(finite, best_res, last)
         info = SolveInfo(nfe=nfe.long(), residual=residual, converged=converged, diverged=diverged, trace=trace)
         return self.best_z, info
+
+
+# Evaluate f only on the running samples once at most this fraction of the batch is still running;
+# above it, gathering and scattering rows costs more than the evaluations it saves.
+COMPACT_BELOW = 0.75
+# Matrix products over fewer rows than this round differently (MKL switches kernels below 4 rows), so
+# a smaller set of running samples is padded with stopped ones to keep results bit-identical.
+MIN_ROWS = 4
+FIXED_COUNT_CHUNK = 8  # fixed-count solves turn their iterates into residuals this many steps at a time
 
 
 class Solver:
@@ -130,6 +141,7 @@ class Solver:
     """
 
     divergence_ratio: float = 1e4  # abs residual this many times the first one counts as divergence
+    uses_residual: bool = True  # _update reads ‖f(z) − z‖ (a fixed-count loop can then skip computing it)
 
     def _start(self, z0: torch.Tensor) -> object:
         return None
@@ -137,16 +149,35 @@ class Solver:
     def _update(self, state: object, z: torch.Tensor, fz: torch.Tensor, abs_res: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    @torch.compiler.disable  # a data-dependent loop: torch.compile runs it eagerly instead of recompiling
     def solve(
-        self, f: FlatMap, z0: torch.Tensor, *, tol: float | None, max_iter: int, stop_mode: StopMode
+        self,
+        f: FlatMap,
+        z0: torch.Tensor,
+        *,
+        tol: float | None,
+        max_iter: int,
+        stop_mode: StopMode,
+        f_rows: RowMap | None = None,
     ) -> tuple[torch.Tensor, SolveInfo]:
-        state, z = self._start(z0), z0
+        """Solve from ``z0`` [B, D]. ``f_rows(z_sub, rows)``, when given, evaluates f on the samples ``rows``
+        only (``z_sub = z[rows]``); the solver then stops evaluating samples that have stopped."""
         update = self._update
         if torch.is_autocast_enabled(z0.device.type):  # f may run in bf16; the solver's algebra must not
             update = _without_autocast(update)
-        if tol is None:  # the lean loop: two norms of bookkeeping per step, divided once at the end
-            residuals, norms = [], []
+        if tol is None:
+            return self._solve_fixed_count(f, z0, update, max_iter, stop_mode)
+        return self._solve_to_tolerance(f, z0, update, tol, max_iter, stop_mode, f_rows)
+
+    def _solve_fixed_count(self, f: FlatMap, z0: torch.Tensor, update, max_iter: int, stop_mode: StopMode):
+        """Exactly ``max_iter`` steps with no data-dependent control flow (so torch.compile traces it whole).
+
+        Solvers that do not read the residual (plain iteration) compute no per-step residual: the iterates
+        are kept ``FIXED_COUNT_CHUNK`` at a time and turned into trace entries with one batched op per chunk.
+        """
+        state, z = self._start(z0), z0
+        residuals: list[torch.Tensor] = []
+        if self.uses_residual:
+            norms: list[torch.Tensor] = []
             for _ in range(max_iter):
                 fz = f(z)
                 abs_res = torch.linalg.vector_norm(fz - z, dim=1)
@@ -154,15 +185,63 @@ class Solver:
                 if stop_mode == "rel":
                     norms.append(torch.linalg.vector_norm(fz, dim=1))
                 z = update(state, z, fz, abs_res)
-            return z, fixed_count_info(residuals, norms, z)
-        progress = Progress(z0, tol, stop_mode, self.divergence_ratio)
-        for _ in range(max_iter):
+            trace = torch.stack(residuals).detach()
+            if norms:
+                trace = trace / (torch.stack(norms).detach() + _EPS)
+            return z, fixed_count_info(trace, z)
+        zs: list[torch.Tensor] = []
+        fzs: list[torch.Tensor] = []
+        for step in range(max_iter):
             fz = f(z)
+            zs.append(z)
+            fzs.append(fz)
+            if len(zs) == FIXED_COUNT_CHUNK or step == max_iter - 1:
+                residuals.append(_chunk_residuals(zs, fzs, stop_mode))
+                zs, fzs = [], []
+            z = update(state, z, fz, None)
+        return z, fixed_count_info(torch.cat(residuals), z)
+
+    @torch.compiler.disable  # a data-dependent loop: torch.compile runs it eagerly instead of recompiling
+    def _solve_to_tolerance(
+        self, f: FlatMap, z0: torch.Tensor, update, tol: float, max_iter: int, stop_mode: StopMode,
+        f_rows: RowMap | None,
+    ) -> tuple[torch.Tensor, SolveInfo]:
+        state, z = self._start(z0), z0
+        progress = Progress(z0, tol, stop_mode, self.divergence_ratio)
+        batch = z0.shape[0]
+        if is_transformed(z0) or torch.is_grad_enabled():  # no gathering rows under vmap or an unrolled solve
+            f_rows = None
+        running = batch
+        for _ in range(max_iter):
+            fz = None
+            if f_rows is not None and running <= COMPACT_BELOW * batch:
+                # Evaluate only the running samples; stopped ones get f(z) = z (ignored: they are frozen).
+                rows = running_rows(progress.active, running)
+                try:
+                    fz = z.index_copy(0, rows, f_rows(z.index_select(0, rows), rows))
+                except RuntimeError:  # f also closes over per-sample tensors: evaluate the whole batch
+                    f_rows = None
+            if fz is None:
+                fz = f(z)
             abs_res = progress.observe(z, fz)
-            if progress.finished():
-                break
+            # Under torch.func transforms (vmap, grad) a tensor cannot steer Python control flow: run all
+            # max_iter iterations there; stopped samples are frozen either way, so the result is the same.
+            if is_transformed(progress.active):
+                f_rows = None
+            else:
+                running = int(progress.active.sum())
+                if running == 0:
+                    break
             z = progress.next_state(update(state, z, fz, abs_res))
         return progress.result()
+
+
+def running_rows(active: torch.Tensor, running: int) -> torch.Tensor:
+    """Indices of the running samples (ascending), padded with stopped ones up to ``MIN_ROWS``."""
+    if running >= MIN_ROWS or running == active.shape[0]:
+        return active.nonzero().squeeze(1)
+    pad = (~active).nonzero().squeeze(1)[: MIN_ROWS - running]
+    return torch.cat([active.nonzero().squeeze(1), pad]).sort().values
 
 
 def _without_autocast(update):
@@ -175,15 +254,19 @@ def _without_autocast(update):
     return wrapped
 
 
-def fixed_count_info(residuals: list[torch.Tensor], norms: list[torch.Tensor], z: torch.Tensor) -> SolveInfo:
-    """Info for a fixed-count run from each step's ‖f(z) − z‖ (and ‖f(z)‖ in rel mode): nothing converged.
+def _chunk_residuals(zs: list[torch.Tensor], fzs: list[torch.Tensor], stop_mode: StopMode) -> torch.Tensor:
+    """Trace rows [c, B] of c steps from their iterates and images: ‖f(z) − z‖ (/ ‖f(z)‖ in rel mode)."""
+    z, fz = torch.stack(zs).detach(), torch.stack(fzs).detach()
+    res = torch.linalg.vector_norm(fz - z, dim=2)
+    return res / (torch.linalg.vector_norm(fz, dim=2) + _EPS) if stop_mode == "rel" else res
+
+
+def fixed_count_info(trace: torch.Tensor, z: torch.Tensor) -> SolveInfo:
+    """Info for a fixed-count run from its trace [T, B] of per-step residuals: nothing converged.
 
     The residual reported is that of the second-to-last iterate (the last step's size), which costs no
     extra evaluation of f.
     """
-    trace = torch.stack(residuals).detach()
-    if norms:
-        trace = trace / (torch.stack(norms).detach() + _EPS)
     batch = z.shape[0]
     residual = trace[-1]
     finite = torch.isfinite(residual)  # NaN/Inf anywhere in the last step shows up in its residual

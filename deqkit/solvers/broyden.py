@@ -1,9 +1,10 @@
 """Limited-memory ("good") Broyden's method for the root of g(z) = f(z) − z.
 
-The inverse Jacobian of g is approximated as −I + Σᵢ uᵢ vᵢᵀ over a window of the last ``m`` secant updates
-(Sherman–Morrison form, as in Bai et al.'s DEQ solvers), so memory is bounded by ``m`` and not by
-``max_iter``. A quasi-Newton step that makes the residual grow is rejected and the sample's memory is
-reset (see ``safeguard``).
+The inverse Jacobian of g is approximated as −I + Σᵢ uᵢ vᵢᵀ over the secant updates so far (Sherman–Morrison
+form, as in Bai et al.'s DEQ solvers): all of them by default (``m=None``, memory grows with the iterations
+like torchdeq's), or a window of the last ``m`` to bound memory. A quasi-Newton step that makes the residual
+grow more than ``growth`` times is rejected and the sample's memory is reset (see ``safeguard``); the
+residual of Broyden's method is not monotone, so only a large rise is treated as a failed step.
 """
 
 from __future__ import annotations
@@ -19,16 +20,16 @@ from deqkit.solvers.safeguard import Safeguard, write_slot
 
 @dataclass(frozen=True)
 class Broyden(Solver):
-    """Broyden with a window of ``m`` rank-one updates and step size ``beta``."""
+    """Broyden with all (``m=None``) or the last ``m`` rank-one updates and step size ``beta``."""
 
-    m: int = 8
+    m: int | None = None
     beta: float = 1.0
     safeguard: bool = True
-    growth: float = 2.0  # a step may raise the residual this much before it is rejected
+    growth: float = 10.0  # a step may raise the residual this much before it is rejected
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.m, int) and self.m >= 1):
-            raise ConfigError(f"Broyden(m={self.m!r}) is invalid; m must be an integer >= 1")
+        if self.m is not None and not (isinstance(self.m, int) and not isinstance(self.m, bool) and self.m >= 1):
+            raise ConfigError(f"Broyden(m={self.m!r}) is invalid; m must be an integer >= 1, or None for no limit")
         if not 0.0 < self.beta <= 1.0:
             raise ConfigError(f"Broyden(beta={self.beta}) is out of range; beta must be in (0, 1]")
         if not self.growth >= 1.0:
@@ -65,12 +66,16 @@ class Broyden(Solver):
 
 
 class _Memory:
-    """The window of rank-one updates, ``us``/``vs`` of shape ``[B, m, D]``; B⁻¹x = −x + Σ uᵢ (vᵢ·x)."""
+    """The rank-one updates, ``us``/``vs`` of shape ``[B, n, D]``; B⁻¹x = −x + Σ uᵢ (vᵢ·x).
 
-    def __init__(self, z0: torch.Tensor, m: int, guard: Safeguard | None):
+    With a window (``m``) n = m and the oldest update is overwritten; without one (``m=None``) n grows by
+    one per update.
+    """
+
+    def __init__(self, z0: torch.Tensor, m: int | None, guard: Safeguard | None):
         batch, dim = z0.shape
-        self.us = z0.new_zeros(batch, m, dim)
-        self.vs = z0.new_zeros(batch, m, dim)
+        self.us = z0.new_zeros(batch, m or 0, dim)
+        self.vs = z0.new_zeros(batch, m or 0, dim)
         self.m, self.count, self.guard = m, 0, guard
         self.prev_z: torch.Tensor | None = None
         self.prev_g: torch.Tensor | None = None
@@ -82,6 +87,11 @@ class _Memory:
         return -x + torch.einsum("bmd,bm->bd", self.vs, torch.einsum("bmd,bd->bm", self.us, x))
 
     def push(self, u: torch.Tensor, v: torch.Tensor) -> None:
+        if self.m is None:
+            self.us = torch.cat([self.us, u[:, None]], dim=1)
+            self.vs = torch.cat([self.vs, v[:, None]], dim=1)
+            self.count += 1
+            return
         slot = self.count % self.m
         self.us = write_slot(self.us, slot, u)
         self.vs = write_slot(self.vs, slot, v)
