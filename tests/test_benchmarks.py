@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("torchdeq")
 
@@ -96,3 +97,42 @@ def test_slot_attention_benchmark_merges_runs_and_shows_flat_implicit_memory(tmp
     assert rows[("vanilla", 7)]["slot_attention_saved_mb"] > rows[("vanilla", 1)]["slot_attention_saved_mb"]
     assert rows[("implicit", 7)]["slot_attention_saved_mb"] == rows[("implicit", 1)]["slot_attention_saved_mb"]
     assert (tmp_path / "slot_attention_fg_ari_vs_step.png").exists()
+
+
+def test_python_m_benchmarks_quick_writes_results_plots_and_the_target_summary(tmp_path):
+    """The one command of docs/performance.md in its quick form: JSON per part, two PNGs, one summary table."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path), "--plots", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "performance targets (issue 14)" in proc.stdout
+    suite = json.loads((tmp_path / "suite.json").read_text())["results"]
+    assert {"rows", "verdicts", "compaction", "loop_overhead"} <= set(suite)
+    solvers = {(r["library"], r["solver"]) for r in suite["rows"]}
+    assert solvers == {(lib, s) for lib in ("deqkit", "torchdeq") for s in ("iteration", "anderson", "broyden")}
+    for row in suite["rows"]:
+        assert 0.0 <= row["converged_1e-5"] <= row["converged_1e-3"] <= 1.0 and row["seconds"] > 0
+    # every library solves the contractive tanh problem; compaction never changes a result
+    assert all(r["converged_tol"] == 1.0 for r in suite["rows"] if r["problem"] == "tanh_gaussian_0.9")
+    assert all(c["identical"] for c in suite["compaction"])
+    grads = json.loads((tmp_path / "gradients.json").read_text())["results"]["problems"]
+    tanh = next(p for p in grads if p["problem"] == "tanh_gaussian_0.9")
+    by = {r["estimator"]: r for r in tanh["rows"]}
+    # against the dense oracle: IFT is exact to the solve's tolerance, Neumann improves with k when ρ < 1
+    assert tanh["spectral_radius"]["max"] < 1 and by["ift gmres"]["relative_error"] < 1e-4
+    assert by["neumann k=20"]["relative_error"] < by["neumann k=5"]["relative_error"] < by["neumann k=1"]["relative_error"]
+    assert (tmp_path / "performance_suite.png").exists() and (tmp_path / "performance_gradients.png").exists()
+
+
+def test_problem_registry_is_seeded_and_rejects_unknown_names():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from problems import PROBLEMS, build
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert {"tanh_gaussian_0.99", "slot_attention_trained", "sinkhorn_log", "soft_kmeans"} <= set(PROBLEMS)
+    a, b = build(["sinkhorn_log", "soft_kmeans"], quick=True), build(["sinkhorn_log", "soft_kmeans"], quick=True)
+    for p, q in zip(a, b):
+        assert torch.equal(p.z0, q.z0) and torch.equal(p.f(p.z0), q.f(q.z0))
+    with pytest.raises(SystemExit, match="unknown problem"):
+        build(["nope"])

@@ -1,0 +1,135 @@
+"""One command for the performance benchmarks: ``python -m benchmarks [--quick] [--only suite,gradients,compile]``.
+
+Runs ``suite.py`` (every solver of deqkit and torchdeq on the problems of ``problems.py``, compaction, loop
+overhead), ``gradients.py`` (estimators against the dense IFT oracle) and ``torch_compile.py`` (the compiled
+slot attention training step) in one process on one thread, prints one summary table of the issue's targets
+(met or not, with the numbers), writes ``<out>/suite.json``, ``gradients.json``, ``torch_compile.json`` and
+PNG plots into ``<plots>``. The full run takes about 10 minutes on one core; ``--quick`` takes seconds
+(small problems, no torch.compile) and is what tests/test_benchmarks.py runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the benchmark scripts import each other by bare name
+sys.path.insert(0, str(HERE.parent))  # and the repository root (applications/)
+
+PARTS = ("suite", "gradients", "compile")
+
+
+def summary(results: dict) -> list[list]:
+    """Rows ``[target, measured, met]`` of the issue's targets from whatever parts ran."""
+    rows = []
+    suite = results.get("suite")
+    if suite:
+        verdicts = suite["verdicts"]
+        met = sum(v["met"] for v in verdicts)
+        rows.append(["best deqkit solver: ≥ torchdeq's samples within tol, ≤ 0.8× its time",
+                     f"{met}/{len(verdicts)} problem×tol rows; samples ≥ on {sum(v['as_many_samples'] for v in verdicts)}, "
+                     f"time ratio {min(v['time_ratio'] for v in verdicts):.2f}–{max(v['time_ratio'] for v in verdicts):.2f}",
+                     met == len(verdicts)])
+        trained = [r for r in suite["rows"] if r["problem"] == "slot_attention_trained" and r["library"] == "deqkit"
+                   and r["tol"] == 1e-3]
+        if trained:
+            top = max(trained, key=lambda r: r["converged_1e-3"])
+            rows.append(["trained slot attention: ≥ 99 % of samples to rel 1e-3",
+                         f"{100 * top['converged_1e-3']:.1f} % with {top['solver']}", top["converged_1e-3"] >= 0.99])
+        broyden = [(r, t) for r in suite["rows"] for t in suite["rows"]
+                   if r["problem"].startswith("tanh") and r["problem"] == t["problem"] and r["tol"] == t["tol"]
+                   and r["solver"] == t["solver"] == "broyden" and r["library"] == "deqkit" and t["library"] == "torchdeq"]
+        if broyden:
+            worse = [(r["problem"], r["tol"]) for r, t in broyden if r["nfe_max"] > t["calls"]]
+            rows.append(["Broyden NFE ≤ torchdeq's Broyden on the tanh rows",
+                         f"max NFE ≤ on {len(broyden) - len(worse)}/{len(broyden)} rows", not worse])
+        mixed = [c for c in suite["compaction"] if c["case"] == "mixed"]
+        early = [c for c in suite["compaction"] if c["case"] == "no_early_stop"]
+        rows.append(["compaction, mixed batch: time ≤ 0.6× of the whole-batch solve",
+                     ", ".join(f"{c['problem'].split('_')[0]}/{c['solver']} {c['ratio']:.2f}" for c in mixed),
+                     all(c["ratio"] <= 0.6 for c in mixed)])
+        rows.append(["compaction, no early stop: overhead ≤ 5 %",
+                     ", ".join(f"{c['problem'].split('_')[0]}/{c['solver']} {c['ratio']:.2f}" for c in early),
+                     all(c["ratio"] <= 1.05 for c in early)])
+        rows.append(["compaction gives identical results (torch.equal)",
+                     f"{sum(c['identical'] for c in suite['compaction'])}/{len(suite['compaction'])} solves",
+                     all(c["identical"] for c in suite["compaction"])])
+        for o in suite["loop_overhead"]:
+            limit = 1.2 if o["batch"] == 64 else 1.5
+            rows.append([f"tol=None loop ≤ {limit}× a bare loop at {o['batch']}×{o['width']}",
+                         f"{o['ratio_deqkit_to_loop']:.2f}× (best of repeats; median {o['median_ratio_deqkit_to_loop']:.2f}×)",
+                         o["ratio_deqkit_to_loop"] <= limit])
+    compiled = results.get("compile")
+    if compiled:
+        for r in compiled["rows"]:
+            rows.append([f"torch.compile fullgraph, {r['name']}: 1 graph, no warnings; speedup",
+                         f"{r['graphs']} graph(s), {r['graph_breaks']} breaks, {len(r['warnings'])} warnings, "
+                         f"{r['speedup']:.2f}× ({r['backend']})", r["graphs"] == 1 and not r["warnings"]])
+    grads = results.get("gradients")
+    if grads:
+        for prob in grads["problems"]:
+            if prob["rows"]:
+                best = min(prob["rows"], key=lambda r: r["relative_error"])
+                cheap = min((r for r in prob["rows"] if r["relative_error"] < 0.05), key=lambda r: r["seconds"], default=None)
+                rows.append([f"gradient, {prob['problem']} (ρ {prob['spectral_radius']['max']:.2f})",
+                             f"most accurate {best['estimator']} ({best['relative_error']:.1e}); cheapest < 5 % error: "
+                             f"{cheap['estimator'] if cheap else 'none'}", None])
+    return rows
+
+
+def without_config(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "config"}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small problems, no torch.compile: seconds (used by the tests)")
+    p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts of {', '.join(PARTS)}")
+    p.add_argument("--out", type=Path, default=HERE / "results", help="directory for the JSON results")
+    p.add_argument("--plots", type=Path, default=HERE.parent / "docs", help="directory for the PNG plots")
+    args = p.parse_args()
+    parts = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        p.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+
+    import torch
+
+    torch.set_num_threads(1)
+    from common import print_table, write_json
+
+    import perf_plots as plots
+
+    results = {}
+    if "suite" in parts:
+        import suite
+
+        results["suite"] = suite.run(args.quick)
+        suite.report(results["suite"])
+        write_json(args.out / "suite.json", "suite", results["suite"]["config"], without_config(results["suite"]))
+        plots.suite_plot(results["suite"], args.plots / "performance_suite.png")
+    if "gradients" in parts:
+        import gradients
+
+        results["gradients"] = gradients.run(args.quick)
+        gradients.report(results["gradients"])
+        write_json(args.out / "gradients.json", "gradients", results["gradients"]["config"], without_config(results["gradients"]))
+        plots.gradients_plot(results["gradients"], args.plots / "performance_gradients.png")
+    if "compile" in parts and not args.quick:  # compiling takes minutes; tests/test_performance.py covers it
+        import torch_compile
+
+        try:
+            results["compile"] = torch_compile.run(args.quick)
+        except Exception as err:  # still print the summary of the parts that ran
+            print(f"torch_compile failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}")
+        else:
+            torch_compile.report(results["compile"])
+            write_json(args.out / "torch_compile.json", "torch_compile", results["compile"]["config"],
+                       without_config(results["compile"]))
+    print_table("performance targets (issue 14)", ["target", "measured", "met"], summary(results))
+
+
+if __name__ == "__main__":
+    main()
