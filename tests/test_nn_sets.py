@@ -1,0 +1,121 @@
+"""Set encoders and the DSPN decoder: FSPool's invariance and symmetry breaking, the inner gradient step
+against its closed form, the fixed point under every estimator, IFT against the dense oracle, and the
+spectral diagnostics on a step that itself differentiates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from deqkit.backward import IFT, Neumann
+from deqkit.diagnostics import spectral_norm
+from deqkit.nn import DSPN, DSPNStep, FSPool, SetEncoder, inner_gradient
+
+torch.set_num_threads(1)
+
+
+def test_set_encoders_are_permutation_invariant():
+    torch.manual_seed(0)
+    y = torch.randn(3, 5, 4)
+    perm = torch.randperm(5)
+    for pool in ("fspool", "sum"):
+        enc = SetEncoder(4, 5, 8, 6, pool=pool)
+        torch.testing.assert_close(enc(y), enc(y[:, perm]))
+
+
+def test_fspool_separates_equal_elements_and_sum_pooling_cannot():
+    """Equal elements get equal inner gradients under sum pooling (they never separate); sorting gives
+    each rank its own weight, so under FSPool they differ."""
+    torch.manual_seed(0)
+    y = torch.randn(1, 1, 4).expand(1, 3, 4).clone()
+    z = torch.randn(1, 6)
+    for pool, separates in (("fspool", True), ("sum", False)):
+        g = inner_gradient(SetEncoder(4, 3, 8, 6, pool=pool), y, z)
+        assert (g[0, 0] - g[0, 1]).abs().max().item() > 1e-4 if separates else torch.allclose(g[0, 0], g[0, 1])
+
+
+class _LinearSum(nn.Module):
+    """enc(Y) = W Σ_i y_i: the inner gradient is Wᵀ(W Σ_i y_i − z) for every element."""
+
+    def __init__(self, d: int, e: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(e, d))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y.sum(1) @ self.w.T
+
+
+def test_step_is_gradient_descent_on_the_inner_objective_in_and_out_of_grad_mode():
+    torch.manual_seed(0)
+    enc, y, z = _LinearSum(3, 4), torch.randn(2, 5, 3), torch.randn(2, 4)
+    step = DSPNStep(enc, lr=0.1)
+    expected = y - 0.1 * ((y.sum(1) @ enc.w.T - z) @ enc.w)[:, None, :]
+    with torch.no_grad():
+        out = step(y, z)
+    assert not out.requires_grad  # no graph is kept inside no-grad solves
+    torch.testing.assert_close(out, expected.detach())
+    out = step(y, z)  # with grad: differentiable w.r.t. the encoder's weights (second order)
+    torch.testing.assert_close(out, expected)
+    (got,) = torch.autograd.grad(out.square().sum(), enc.w)
+    (want,) = torch.autograd.grad(expected.square().sum(), enc.w)
+    torch.testing.assert_close(got, want)
+
+
+def test_unrolled_dspn_is_the_loop_and_every_estimator_trains():
+    torch.manual_seed(0)
+    enc = SetEncoder(2, 4, 8, 6)
+    dspn = DSPN(enc, 4, 2, iters=5, lr=0.3, backward="unrolled")
+    z = torch.randn(3, 6)
+    y, info = dspn(z)
+    loop = dspn.initial_set.expand(3, -1, -1)
+    for _ in range(5):
+        loop = loop - 0.3 * inner_gradient(enc, loop, z)
+    torch.testing.assert_close(y, loop)
+    assert int(info.nfe.max()) == 5
+    for backward in ("unrolled", "neumann", "ift", "phantom"):
+        dspn.fixed_point.backward = backward
+        dspn.zero_grad()
+        y, _ = dspn(z)
+        y.square().sum().backward()
+        assert enc.out.weight.grad.abs().sum() > 0 and dspn.initial_set.grad.abs().sum() > 0, backward
+
+
+def _converged_dspn(backward):
+    """A tiny DSPN whose inner objective has an isolated minimum (E = 6 >= N·D = 4) reached by the solver."""
+    torch.manual_seed(1)
+    enc = SetEncoder(2, 2, 8, 6).double()
+    target = torch.randn(3, 2, 2, dtype=torch.float64)
+    with torch.no_grad():
+        z = enc(target)
+    dspn = DSPN(enc, 2, 2, iters=400, lr=0.2, solver="anderson", backward=backward, tol=1e-11).double()
+    y, info = dspn(z, y0=target + 0.05 * torch.randn_like(target))
+    return dspn, enc, z, y, info
+
+
+@pytest.mark.parametrize("backward", [IFT(tol=1e-12, max_iter=100), Neumann(1)])
+def test_implicit_gradient_of_a_converged_dspn_matches_the_dense_oracle(backward):
+    dspn, enc, z, y, info = _converged_dspn(backward)
+    assert bool(info.converged.all())
+    weight = torch.randn_like(y)
+    params = list(enc.parameters())
+    grads = torch.autograd.grad((y * weight).sum(), params)
+    y_star = y.detach()
+    f = lambda s: dspn.step(s, z)  # noqa: E731
+    jac = torch.autograd.functional.jacobian(f, y_star).reshape(y_star.numel(), y_star.numel())
+    u = weight.reshape(-1)
+    if isinstance(backward, IFT):  # uᵀ(I - J)^-1 ∂f/∂θ
+        u = torch.linalg.solve((torch.eye(u.numel(), dtype=u.dtype) - jac).T, u)
+    expected = torch.autograd.grad(f(y_star), params, u.reshape_as(y_star))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
+
+
+def test_spectral_norm_of_the_dspn_step_matches_the_dense_jacobian():
+    """The diagnostics linearise the step with torch.func transforms; the step switches to torch.func.grad."""
+    dspn, enc, z, y, _ = _converged_dspn("neumann")
+    f = lambda s: dspn.step(s, z)  # noqa: E731
+    sigma = spectral_norm(f, y.detach(), iters=20, tol=1e-8)
+    for b in range(3):
+        jac = torch.autograd.functional.jacobian(lambda s: dspn.step(s, z[b:b + 1]), y[b:b + 1].detach()).reshape(4, 4)
+        assert sigma[b].item() == pytest.approx(torch.linalg.matrix_norm(jac, ord=2).item(), rel=1e-6)
