@@ -36,7 +36,8 @@ def test_fspool_separates_equal_elements_and_sum_pooling_cannot():
 
 
 class _LinearSum(nn.Module):
-    """enc(Y) = W Σ_i y_i: the inner gradient is Wᵀ(W Σ_i y_i − z) for every element."""
+    """enc(Y) = W Σ_i y_i: the inner gradient is Wᵀ(W Σ_i y_i − z) / E for every element (plus the
+    regulariser's reg · (y_i − y0_i) / (N D))."""
 
     def __init__(self, d: int, e: int):
         super().__init__()
@@ -49,13 +50,14 @@ class _LinearSum(nn.Module):
 def test_step_is_gradient_descent_on_the_inner_objective_in_and_out_of_grad_mode():
     torch.manual_seed(0)
     enc, y, z = _LinearSum(3, 4), torch.randn(2, 5, 3), torch.randn(2, 4)
-    step = DSPNStep(enc, lr=0.1)
-    expected = y - 0.1 * ((y.sum(1) @ enc.w.T - z) @ enc.w)[:, None, :]
+    y0 = torch.randn(2, 5, 3)
+    step = DSPNStep(enc, lr=0.1, reg=0.5)
+    expected = y - 0.1 * (((y.sum(1) @ enc.w.T - z) @ enc.w)[:, None, :] / 4 + 0.5 * (y - y0) / 15)
     with torch.no_grad():
-        out = step(y, z)
+        out = step(y, z, y0)
     assert not out.requires_grad  # no graph is kept inside no-grad solves
     torch.testing.assert_close(out, expected.detach())
-    out = step(y, z)  # with grad: differentiable w.r.t. the encoder's weights (second order)
+    out = step(y, z, y0)  # with grad: differentiable w.r.t. the encoder's weights (second order)
     torch.testing.assert_close(out, expected)
     (got,) = torch.autograd.grad(out.square().sum(), enc.w)
     (want,) = torch.autograd.grad(expected.square().sum(), enc.w)
@@ -65,12 +67,12 @@ def test_step_is_gradient_descent_on_the_inner_objective_in_and_out_of_grad_mode
 def test_unrolled_dspn_is_the_loop_and_every_estimator_trains():
     torch.manual_seed(0)
     enc = SetEncoder(2, 4, 8, 6)
-    dspn = DSPN(enc, 4, 2, iters=5, lr=0.3, backward="unrolled")
+    dspn = DSPN(enc, 4, 2, iters=5, lr=0.3, reg=0.1, backward="unrolled")
     z = torch.randn(3, 6)
     y, info = dspn(z)
-    loop = dspn.initial_set.expand(3, -1, -1)
+    start = loop = dspn.initial_set.expand(3, -1, -1)
     for _ in range(5):
-        loop = loop - 0.3 * inner_gradient(enc, loop, z)
+        loop = loop - 0.3 * inner_gradient(enc, loop, z, start, 0.1)
     torch.testing.assert_close(y, loop)
     assert int(info.nfe.max()) == 5
     for backward in ("unrolled", "neumann", "ift", "phantom"):
@@ -81,27 +83,30 @@ def test_unrolled_dspn_is_the_loop_and_every_estimator_trains():
         assert enc.out.weight.grad.abs().sum() > 0 and dspn.initial_set.grad.abs().sum() > 0, backward
 
 
-def _converged_dspn(backward):
-    """A tiny DSPN whose inner objective has an isolated minimum (E = 6 >= N·D = 4) reached by the solver."""
+def _converged_dspn(backward, reg=0.0):
+    """A tiny DSPN whose inner objective has an isolated minimum (E = 6 >= N·D = 4, or reg > 0) that the
+    solver reaches."""
     torch.manual_seed(1)
     enc = SetEncoder(2, 2, 8, 6).double()
     target = torch.randn(3, 2, 2, dtype=torch.float64)
     with torch.no_grad():
         z = enc(target)
-    dspn = DSPN(enc, 2, 2, iters=400, lr=0.2, solver="anderson", backward=backward, tol=1e-11).double()
-    y, info = dspn(z, y0=target + 0.05 * torch.randn_like(target))
-    return dspn, enc, z, y, info
+    dspn = DSPN(enc, 2, 2, iters=400, lr=1.0, reg=reg, solver="anderson", backward=backward, tol=1e-11).double()
+    y0 = target + 0.05 * torch.randn_like(target)
+    y, info = dspn(z, y0=y0)
+    return dspn, enc, z, y0, y, info
 
 
+@pytest.mark.parametrize("reg", [0.0, 0.1])
 @pytest.mark.parametrize("backward", [IFT(tol=1e-12, max_iter=100), Neumann(1)])
-def test_implicit_gradient_of_a_converged_dspn_matches_the_dense_oracle(backward):
-    dspn, enc, z, y, info = _converged_dspn(backward)
+def test_implicit_gradient_of_a_converged_dspn_matches_the_dense_oracle(backward, reg):
+    dspn, enc, z, y0, y, info = _converged_dspn(backward, reg)
     assert bool(info.converged.all())
     weight = torch.randn_like(y)
     params = list(enc.parameters())
     grads = torch.autograd.grad((y * weight).sum(), params)
     y_star = y.detach()
-    f = lambda s: dspn.step(s, z)  # noqa: E731
+    f = lambda s: dspn.step(s, z, y0)  # noqa: E731
     jac = torch.autograd.functional.jacobian(f, y_star).reshape(y_star.numel(), y_star.numel())
     u = weight.reshape(-1)
     if isinstance(backward, IFT):  # uᵀ(I - J)^-1 ∂f/∂θ
@@ -113,9 +118,10 @@ def test_implicit_gradient_of_a_converged_dspn_matches_the_dense_oracle(backward
 
 def test_spectral_norm_of_the_dspn_step_matches_the_dense_jacobian():
     """The diagnostics linearise the step with torch.func transforms; the step switches to torch.func.grad."""
-    dspn, enc, z, y, _ = _converged_dspn("neumann")
-    f = lambda s: dspn.step(s, z)  # noqa: E731
+    dspn, enc, z, y0, y, _ = _converged_dspn("neumann", reg=0.1)
+    f = lambda s: dspn.step(s, z, y0)  # noqa: E731
     sigma = spectral_norm(f, y.detach(), iters=20, tol=1e-8)
     for b in range(3):
-        jac = torch.autograd.functional.jacobian(lambda s: dspn.step(s, z[b:b + 1]), y[b:b + 1].detach()).reshape(4, 4)
+        jac = torch.autograd.functional.jacobian(lambda s: dspn.step(s, z[b:b + 1], y0[b:b + 1]),
+                                                 y[b:b + 1].detach()).reshape(4, 4)
         assert sigma[b].item() == pytest.approx(torch.linalg.matrix_norm(jac, ord=2).item(), rel=1e-6)

@@ -2,7 +2,11 @@
 fixed point.
 
 A set Y is decoded from a vector z by minimising the inner objective ``L(Y) = ½‖enc(Y) − z‖²`` with a
-permutation-invariant encoder ``enc``. The optimiser is the step of a ``deqkit.FixedPoint``:
+permutation-invariant encoder ``enc``; as in iDSPN's code the squared norms are means over their entries
+(so an inner learning rate of 1 suits any code width), and an optional ``reg · ½‖Y − Y₀‖²`` keeps the set
+near its start (iDSPN uses 0.1 with a learned start): it makes the Hessian of L positive definite, so the
+fixed point is isolated and the implicit gradient well posed even when enc cannot see every direction of
+Y. The optimiser is the step of a ``deqkit.FixedPoint``:
 
     f(Y) = Y − lr · ∇_Y L(Y)
 
@@ -35,33 +39,44 @@ from deqkit.solvers.base import SolveInfo, is_transformed
 SetInit = Literal["learned", "random"]
 
 
-def inner_objective(encoder: nn.Module, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """``Σ_b ½‖enc(Y_b) − z_b‖²`` (a sum, so each sample's gradient is its own)."""
-    return 0.5 * (encoder(y) - z).square().sum()
+def inner_objective(encoder: nn.Module, y: torch.Tensor, z: torch.Tensor, y0: torch.Tensor | None = None,
+                    reg: float = 0.0) -> torch.Tensor:
+    """``Σ_b ½ mean_e (enc(Y_b) − z_b)² + reg · ½ mean_{n,d} (Y_b − Y0_b)²``: summed over the batch, so each
+    sample's gradient is its own."""
+    value = 0.5 * (encoder(y) - z).square().mean(-1).sum()
+    if reg:
+        value = value + reg * 0.5 * (y - y0).square().mean((-2, -1)).sum()
+    return value
 
 
-def inner_gradient(encoder: nn.Module, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """``∇_Y ½‖enc(Y) − z‖²`` per sample, ``[B,N,D]``; differentiable when grad mode is on (see module doc)."""
+def inner_gradient(encoder: nn.Module, y: torch.Tensor, z: torch.Tensor, y0: torch.Tensor | None = None,
+                   reg: float = 0.0) -> torch.Tensor:
+    """``∇_Y`` of :func:`inner_objective` per sample, ``[B,N,D]``; differentiable when grad mode is on."""
     if is_transformed(y):
-        return torch.func.grad(lambda y_: inner_objective(encoder, y_, z))(y)
+        return torch.func.grad(lambda y_: inner_objective(encoder, y_, z, y0, reg))(y)
     record = torch.is_grad_enabled()
     with torch.enable_grad():
         y_in = y if y.requires_grad else y.detach().requires_grad_()
-        (grad,) = torch.autograd.grad(inner_objective(encoder, y_in, z), y_in, create_graph=record)
+        (grad,) = torch.autograd.grad(inner_objective(encoder, y_in, z, y0, reg), y_in, create_graph=record)
     return grad
 
 
 class DSPNStep(nn.Module):
-    """One gradient-descent step on the inner objective: ``forward(y [B,N,D], z [B,E]) -> [B,N,D]``."""
+    """One gradient-descent step on the inner objective: ``forward(y [B,N,D], z [B,E], y0=None) -> [B,N,D]``
+    (``y0`` is the start the ``reg`` term pulls towards)."""
 
-    def __init__(self, encoder: nn.Module, lr: float):
+    def __init__(self, encoder: nn.Module, lr: float, reg: float = 0.0):
         super().__init__()
         if not lr > 0:
             raise ConfigError(f"DSPNStep: lr must be > 0, got {lr!r}")
-        self.encoder, self.lr = encoder, lr
+        if reg < 0:
+            raise ConfigError(f"DSPNStep: reg must be >= 0, got {reg!r}")
+        self.encoder, self.lr, self.reg = encoder, lr, reg
 
-    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return y - self.lr * inner_gradient(self.encoder, y, z)
+    def forward(self, y: torch.Tensor, z: torch.Tensor, y0: torch.Tensor | None = None) -> torch.Tensor:
+        if self.reg and y0 is None:
+            raise ValueError("DSPNStep with reg > 0 needs the start y0")
+        return y - self.lr * inner_gradient(self.encoder, y, z, y0, self.reg)
 
 
 class DSPN(nn.Module):
@@ -71,13 +86,14 @@ class DSPN(nn.Module):
     :class:`deqkit.nn.SetEncoder`); sharing it with the encoder of the input set makes a set autoencoder.
     The start is ``y0`` if given, else:
 
-    - ``init="learned"``: a learned set, the same for every sample (DSPN). Under an implicit ``backward`` it
-      gets the output's gradient unchanged (straight-through, as :class:`deqkit.nn.SlotAttention` does).
+    - ``init="learned"``: a learned set, the same for every sample (DSPN). Under an implicit ``backward``
+      the fixed point does not depend on where the descent started, so (as in iDSPN) the start gets a
+      gradient only through the ``reg`` term; ``unrolled`` gives it the exact gradient of the loop.
     - ``init="random"``: a fresh N(0, ``init_scale``²) set per call.
     """
 
     def __init__(self, encoder: nn.Module, set_size: int, element_dim: int, *, iters: int = 10, lr: float = 1.0,
-                 init: SetInit = "learned", init_scale: float = 0.1, solver: str | Solver = "iteration",
+                 reg: float = 0.0, init: SetInit = "learned", init_scale: float = 0.1, solver: str | Solver = "iteration",
                  backward: str | BackwardEstimator = "neumann", tol: float | None = None):
         super().__init__()
         if init not in ("learned", "random"):
@@ -85,7 +101,7 @@ class DSPN(nn.Module):
         self.set_size, self.element_dim, self.init, self.init_scale = set_size, element_dim, init, init_scale
         if init == "learned":
             self.initial_set = nn.Parameter(torch.randn(1, set_size, element_dim) * init_scale)
-        self.step = DSPNStep(encoder, lr)
+        self.step = DSPNStep(encoder, lr, reg)
         self.fixed_point = FixedPoint(self.step, solver=solver, backward=backward, tol=tol, max_iter=iters)
 
     def start(self, batch: int, like: torch.Tensor) -> torch.Tensor:
@@ -94,9 +110,5 @@ class DSPN(nn.Module):
         return torch.randn(batch, self.set_size, self.element_dim, device=like.device, dtype=like.dtype) * self.init_scale
 
     def forward(self, z: torch.Tensor, y0: torch.Tensor | None = None) -> tuple[torch.Tensor, SolveInfo]:
-        learned = y0 is None and self.init == "learned"
         y0 = self.start(z.shape[0], z) if y0 is None else y0
-        y, info = self.fixed_point(y0, z)
-        if learned and not self.fixed_point.backward.unrolled and torch.is_grad_enabled():
-            y = y + (y0 - y0.detach())  # zero in value; identity gradient to the learned start
-        return y, info
+        return self.fixed_point(y0, z, y0)
