@@ -125,3 +125,20 @@ def test_spectral_norm_of_the_dspn_step_matches_the_dense_jacobian():
         jac = torch.autograd.functional.jacobian(lambda s: dspn.step(s, z[b:b + 1], y0[b:b + 1]),
                                                  y[b:b + 1].detach()).reshape(4, 4)
         assert sigma[b].item() == pytest.approx(torch.linalg.matrix_norm(jac, ord=2).item(), rel=1e-6)
+
+
+def test_memory_kept_for_backward_grows_with_inner_steps_only_when_unrolled():
+    """The inner gradient builds and frees a graph at every step of a no-grad solve; none of it is kept."""
+    from deqkit.diagnostics import saved_tensor_bytes
+
+    torch.manual_seed(0)
+    enc = SetEncoder(8, 8, 32, 32)
+    z = torch.randn(16, 32)
+    saved = {}
+    for backward in ("unrolled", "neumann", "ift"):
+        for iters in (5, 20):
+            dspn = DSPN(enc, 8, 8, iters=iters, reg=0.1, backward=backward)
+            saved[backward, iters] = saved_tensor_bytes(lambda: dspn(z)[0])[1]
+    assert saved["unrolled", 20] > 3 * saved["unrolled", 5]
+    for backward in ("neumann", "ift"):
+        assert saved[backward, 20] == saved[backward, 5] < saved["unrolled", 5]
