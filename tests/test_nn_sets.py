@@ -142,3 +142,41 @@ def test_memory_kept_for_backward_grows_with_inner_steps_only_when_unrolled():
     assert saved["unrolled", 20] > 3 * saved["unrolled", 5]
     for backward in ("neumann", "ift"):
         assert saved[backward, 20] == saved[backward, 5] < saved["unrolled", 5]
+
+
+def test_momentum_step_is_torch_sgd_with_nesterov_on_the_inner_objective():
+    from deqkit.nn.dspn import inner_objective
+
+    torch.manual_seed(0)
+    enc = SetEncoder(3, 4, 8, 5)
+    z, start = torch.randn(2, 5), torch.randn(2, 4, 3)
+    dspn = DSPN(enc, 4, 3, iters=6, lr=0.5, reg=0.1, momentum=0.9, backward="neumann")
+    with torch.no_grad():
+        y, _ = dspn(z, y0=start)
+    y_ref = start.clone().requires_grad_()
+    opt = torch.optim.SGD([y_ref], lr=0.5, momentum=0.9, nesterov=True)
+    for _ in range(6):
+        opt.zero_grad()
+        inner_objective(enc, y_ref, z, start, 0.1).backward()
+        opt.step()
+    torch.testing.assert_close(y, y_ref.detach())
+
+
+def test_exact_implicit_gradient_does_not_depend_on_the_inner_optimiser():
+    """With momentum the state is (Y, buf); at the fixed point (Y*, 0) IFT gives Y*'s gradient, the same as
+    for plain gradient descent."""
+    grads = []
+    for momentum in (0.0, 0.5):
+        torch.manual_seed(1)
+        enc = SetEncoder(2, 2, 8, 6).double()
+        target = torch.randn(3, 2, 2, dtype=torch.float64)
+        with torch.no_grad():
+            z = enc(target)
+        dspn = DSPN(enc, 2, 2, iters=500, lr=0.5, reg=0.1, momentum=momentum, solver="anderson",
+                    backward=IFT(tol=1e-12, max_iter=200), tol=1e-11).double()
+        y, info = dspn(z, y0=target + 0.05 * torch.randn_like(target))
+        assert bool(info.converged.all())
+        weight = torch.linspace(-1, 1, y.numel(), dtype=torch.float64).reshape_as(y)
+        grads.append(torch.autograd.grad((y * weight).sum(), list(enc.parameters())))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)

@@ -72,16 +72,16 @@ class DSPNPropertyPredictor(_FixedPointIters):
 
     def __init__(self, layout: Layout, image_size: int, num_slots: int, channels: int, latent: int, hidden: int,
                  iters: int, *, test_iters: int | None = None, encoder_layers: int = 4, encoder_kernel: int = 5,
-                 encoder_downsample: int = 0, inner_lr: float = 1.0, inner_reg: float = 0.1, pool: str = "fspool",
-                 solver: str = "iteration", backward: str = "neumann", tol: float | None = None):
+                 encoder_downsample: int = 0, inner_lr: float = 1.0, inner_reg: float = 0.1, inner_momentum: float = 0.0,
+                 pool: str = "fspool", solver: str = "iteration", backward: str = "neumann", tol: float | None = None):
         super().__init__()
         self.iters, self.test_iters = iters, test_iters
         self.encoder = CNNEncoder(channels, encoder_layers, encoder_kernel, encoder_downsample)
         side = image_size // 2**encoder_downsample
         self.to_code = nn.Sequential(nn.Linear(side * side * channels, latent), nn.ReLU(), nn.Linear(latent, latent))
         set_encoder = SetEncoder(layout.width, num_slots, hidden, latent, pool=pool)
-        self.dspn = DSPN(set_encoder, num_slots, layout.width, iters=iters, lr=inner_lr, reg=inner_reg, solver=solver,
-                         backward=backward, tol=tol)
+        self.dspn = DSPN(set_encoder, num_slots, layout.width, iters=iters, lr=inner_lr, reg=inner_reg,
+                         momentum=inner_momentum, solver=solver, backward=backward, tol=tol)
 
     def forward(self, image: torch.Tensor) -> dict[str, Any]:
         self._use_iters(self.dspn.fixed_point)
@@ -95,13 +95,13 @@ class SetAutoencoder(_FixedPointIters):
     (two FSPool encoders: one for the input, one inside the inner objective)."""
 
     def __init__(self, set_size: int, dim: int, hidden: int, latent: int, iters: int, *, test_iters: int | None = None,
-                 inner_lr: float = 1.0, inner_reg: float = 0.1, pool: str = "fspool", solver: str = "iteration",
-                 backward: str = "neumann", tol: float | None = None):
+                 inner_lr: float = 1.0, inner_reg: float = 0.1, inner_momentum: float = 0.0, pool: str = "fspool",
+                 solver: str = "iteration", backward: str = "neumann", tol: float | None = None):
         super().__init__()
         self.iters, self.test_iters = iters, test_iters
         self.encoder = SetEncoder(dim, set_size, hidden, latent)
         self.dspn = DSPN(SetEncoder(dim, set_size, hidden, latent, pool=pool), set_size, dim, iters=iters,
-                         lr=inner_lr, reg=inner_reg, solver=solver, backward=backward, tol=tol)
+                         lr=inner_lr, reg=inner_reg, momentum=inner_momentum, solver=solver, backward=backward, tol=tol)
 
     def forward(self, x: torch.Tensor) -> dict[str, Any]:
         self._use_iters(self.dspn.fixed_point)

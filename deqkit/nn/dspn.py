@@ -63,20 +63,33 @@ def inner_gradient(encoder: nn.Module, y: torch.Tensor, z: torch.Tensor, y0: tor
 
 class DSPNStep(nn.Module):
     """One gradient-descent step on the inner objective: ``forward(y [B,N,D], z [B,E], y0=None) -> [B,N,D]``
-    (``y0`` is the start the ``reg`` term pulls towards)."""
+    (``y0`` is the start the ``reg`` term pulls towards).
 
-    def __init__(self, encoder: nn.Module, lr: float, reg: float = 0.0):
+    With ``momentum > 0`` the state is the pair ``(y, buf)`` and the step is PyTorch's SGD with Nesterov
+    momentum (``buf <- momentum·buf + g``, ``y <- y − lr·(g + momentum·buf)``, ``g = ∇L(y)``), iDSPN's
+    default inner optimiser. Its fixed points are the stationary points of L with ``buf = 0``.
+    """
+
+    def __init__(self, encoder: nn.Module, lr: float, reg: float = 0.0, momentum: float = 0.0):
         super().__init__()
         if not lr > 0:
             raise ConfigError(f"DSPNStep: lr must be > 0, got {lr!r}")
         if reg < 0:
             raise ConfigError(f"DSPNStep: reg must be >= 0, got {reg!r}")
-        self.encoder, self.lr, self.reg = encoder, lr, reg
+        if not 0 <= momentum < 1:
+            raise ConfigError(f"DSPNStep: momentum must be in [0, 1), got {momentum!r}")
+        self.encoder, self.lr, self.reg, self.momentum = encoder, lr, reg, momentum
 
-    def forward(self, y: torch.Tensor, z: torch.Tensor, y0: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, state: torch.Tensor | tuple[torch.Tensor, torch.Tensor], z: torch.Tensor,
+                y0: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if self.reg and y0 is None:
             raise ValueError("DSPNStep with reg > 0 needs the start y0")
-        return y - self.lr * inner_gradient(self.encoder, y, z, y0, self.reg)
+        if not self.momentum:
+            return state - self.lr * inner_gradient(self.encoder, state, z, y0, self.reg)
+        y, buf = state
+        g = inner_gradient(self.encoder, y, z, y0, self.reg)
+        buf = self.momentum * buf + g
+        return y - self.lr * (g + self.momentum * buf), buf
 
 
 class DSPN(nn.Module):
@@ -84,7 +97,8 @@ class DSPN(nn.Module):
 
     ``encoder`` maps ``[B,N,D] -> [B,E]`` and must be permutation invariant (e.g.
     :class:`deqkit.nn.SetEncoder`); sharing it with the encoder of the input set makes a set autoencoder.
-    The start is ``y0`` if given, else:
+    ``momentum`` > 0 makes the inner optimiser SGD with Nesterov momentum (see :class:`DSPNStep`); the
+    fixed-point state is then ``(Y, buf)``. The start is ``y0`` if given, else:
 
     - ``init="learned"``: a learned set, the same for every sample (DSPN). Under an implicit ``backward``
       the fixed point does not depend on where the descent started, so (as in iDSPN) the start gets a
@@ -93,7 +107,7 @@ class DSPN(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, set_size: int, element_dim: int, *, iters: int = 10, lr: float = 1.0,
-                 reg: float = 0.0, init: SetInit = "learned", init_scale: float = 0.1, solver: str | Solver = "iteration",
+                 reg: float = 0.0, momentum: float = 0.0, init: SetInit = "learned", init_scale: float = 0.1, solver: str | Solver = "iteration",
                  backward: str | BackwardEstimator = "neumann", tol: float | None = None):
         super().__init__()
         if init not in ("learned", "random"):
@@ -101,7 +115,7 @@ class DSPN(nn.Module):
         self.set_size, self.element_dim, self.init, self.init_scale = set_size, element_dim, init, init_scale
         if init == "learned":
             self.initial_set = nn.Parameter(torch.randn(1, set_size, element_dim) * init_scale)
-        self.step = DSPNStep(encoder, lr, reg)
+        self.step = DSPNStep(encoder, lr, reg, momentum)
         self.fixed_point = FixedPoint(self.step, solver=solver, backward=backward, tol=tol, max_iter=iters)
 
     def start(self, batch: int, like: torch.Tensor) -> torch.Tensor:
@@ -111,4 +125,7 @@ class DSPN(nn.Module):
 
     def forward(self, z: torch.Tensor, y0: torch.Tensor | None = None) -> tuple[torch.Tensor, SolveInfo]:
         y0 = self.start(z.shape[0], z) if y0 is None else y0
-        return self.fixed_point(y0, z, y0)
+        if not self.step.momentum:
+            return self.fixed_point(y0, z, y0)
+        (y, _), info = self.fixed_point((y0, torch.zeros_like(y0)), z, y0)
+        return y, info
