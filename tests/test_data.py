@@ -407,3 +407,16 @@ def test_worker_processes_give_the_same_items():
     direct = render_batch(ds.config, "train", range(8))
     for k in direct:
         assert torch.equal(torch.cat([b[k] for b in batches]), direct[k]), k
+
+
+def test_size_values_make_size_discrete_and_leave_the_default_stream_alone():
+    from deqkit.data import SceneDataset
+
+    base = SceneConfig(image_size=32, min_objects=3, max_objects=4, train_size=20)
+    discrete = SceneConfig(image_size=32, min_objects=3, max_objects=4, train_size=20, size_values=(0.1, 0.2))
+    sizes = torch.cat([SceneDataset(discrete, "train")[i]["size"][:3] for i in range(20)])
+    assert {round(v, 5) for v in sizes.tolist()} == {0.1, 0.2}
+    continuous = torch.cat([SceneDataset(base, "train")[i]["size"][:3] for i in range(20)])
+    assert len(set(continuous.tolist())) == 60  # uniform draws: all different
+    with pytest.raises(ValueError, match="size_values"):
+        SceneConfig(size_values=(0.0, 0.2))

@@ -146,3 +146,30 @@ def test_data_order_is_a_function_of_seed_and_epoch_and_ranks_are_disjoint():
     ranks = [EpochBatches(100, 10, seed=3, rank=r, world=2).batches(0) for r in range(2)]
     seen = [i for rank in ranks for batch in rank for i in batch]
     assert len(seen) == len(set(seen)) == 100
+
+
+def test_summarize_hook_gets_every_batch_and_its_values_join_the_means(app, tmp_path):
+    """A dataset-level metric (here: the accuracy of the pooled predictions, and the number of batches)
+    is computed once from all batches; ``_`` entries feed it without being averaged."""
+    from deqkit.train.evaluate import evaluate
+
+    def metrics(model, batch, cfg):
+        values = dict(app.metrics(model, batch, cfg))
+        values["_ones"] = torch.ones(len(batch[1]), 3)  # not a per-sample vector: must not be averaged
+        return values
+
+    seen = []
+
+    def summarize(outputs, cfg):
+        seen.append(len(outputs))
+        pooled = torch.cat([o["accuracy"] for o in outputs])
+        return {"pooled_accuracy": pooled.mean(), "ones": torch.cat([o["_ones"] for o in outputs]).sum()}
+
+    summarizing = dataclasses.replace(app, metrics=metrics, summarize=summarize)
+    config = app.make_config("smoke", ["train.batch_size=24"])  # 64 eval samples: batches of 24, 24, 16
+    values = evaluate(summarizing, summarizing.build_model(config), config, "val", torch.device("cpu"))
+    assert seen == [3] and "_ones" not in values and values["samples"] == 64
+    assert values["ones"] == 3 * 64
+    assert values["pooled_accuracy"] == pytest.approx(values["accuracy"])
+    result = train(summarizing, app.make_config("smoke", FAST), tmp_path / "run")  # the trainer's validation
+    assert "pooled_accuracy" in result.metrics and "ones" in result.metrics

@@ -25,6 +25,8 @@ class SceneConfig:
     """How scenes are drawn and how many there are per split.
 
     ``size_range`` is the radius of each object's circumscribed circle as a fraction of the image side.
+    ``size_values``, when not empty, replaces it with a choice among these radii (CLEVR has two sizes,
+    small and large, which makes size a discrete attribute for set prediction).
     An object counts as visible when at least ``min_visible_pixels`` pixels and ``min_visible_fraction``
     of its own area stay uncovered by the objects painted in front of it.
     """
@@ -39,6 +41,7 @@ class SceneConfig:
     background: Background = "plain"
     background_color: tuple[float, float, float] = (0.0, 0.0, 0.0)
     size_range: tuple[float, float] = (0.1, 0.2)
+    size_values: tuple[float, ...] = ()
     min_visible_pixels: int = 4
     min_visible_fraction: float = 0.25
     seed: int = 0
@@ -48,7 +51,7 @@ class SceneConfig:
 
     def __post_init__(self) -> None:
         # Lists from YAML/JSON become tuples so the config stays hashable and immutable.
-        for name in ("shapes", "background_color", "size_range"):
+        for name in ("shapes", "background_color", "size_range", "size_values"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
@@ -75,6 +78,9 @@ class SceneConfig:
         if not (isinstance(sr, tuple) and len(sr) == 2 and all(_is_real(v) for v in sr)
                 and 0 < sr[0] <= sr[1] <= 0.5):
             raise ConfigError(f"SceneConfig.size_range must be (low, high) with 0 < low <= high <= 0.5, got {sr!r}")
+        sv = self.size_values
+        if not (isinstance(sv, tuple) and all(_is_real(v) and 0 < v <= 0.5 for v in sv)):
+            raise ConfigError(f"SceneConfig.size_values must be radii in (0, 0.5] (or empty), got {sv!r}")
         _check_int(self, "min_visible_pixels", low=1)
         if not (_is_real(self.min_visible_fraction) and 0 <= self.min_visible_fraction <= 1):
             raise ConfigError(

@@ -81,8 +81,7 @@ def sample_scene(config: SceneConfig, rng: np.random.Generator) -> Scene:
     # Properties in paint order p = 0 .. n-1 (back to front).
     shape = rng.integers(0, len(config.shapes), size=n)
     color = _sample_colors(config, rng, n)
-    lo, hi = config.size_range
-    size = rng.uniform(lo, hi, size=n)
+    size = _sample_sizes(config, rng, n)
     x, y = rng.uniform(size, 1.0 - size), rng.uniform(size, 1.0 - size)
     names = [config.shapes[k] for k in shape]
     cover = rasterize(names, x, y, size, s)
@@ -94,7 +93,7 @@ def sample_scene(config: SceneConfig, rng: np.random.Generator) -> Scene:
         if bad.size == 0:
             break
         # Move and resize only the hidden objects; shapes and colours keep their exact distribution.
-        size[bad] = rng.uniform(lo, hi, size=bad.size)
+        size[bad] = _sample_sizes(config, rng, bad.size)
         x[bad] = rng.uniform(size[bad], 1.0 - size[bad])
         y[bad] = rng.uniform(size[bad], 1.0 - size[bad])
         rasterize(names, x, y, size, s, out=cover, rows=bad)
@@ -125,6 +124,12 @@ def sample_scene(config: SceneConfig, rng: np.random.Generator) -> Scene:
         y=y[depth].astype(np.float32),
         depth=depth.astype(np.int64),
     )
+
+
+def _sample_sizes(config: SceneConfig, rng: np.random.Generator, n: int) -> np.ndarray:
+    if config.size_values:
+        return np.asarray(config.size_values, dtype=np.float64)[rng.integers(0, len(config.size_values), size=n)]
+    return rng.uniform(*config.size_range, size=n)
 
 
 def _front_object(cover: np.ndarray) -> np.ndarray:

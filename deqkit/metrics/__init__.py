@@ -4,12 +4,16 @@
 - :func:`matched_miou`: mean IoU of true objects matched to predicted slots (Hungarian).
 - :func:`hungarian_match`: batched one-to-one matching, also used by matched set-prediction losses.
 - :func:`reconstruction_mse`: per-sample mean squared reconstruction error.
+- :func:`average_precision`: AP of predicted object sets at distance thresholds (Locatello et al. 2020,
+  Zhang et al. 2022), a dataset-level value (``{threshold: AP}``), not one per sample.
 
-Each returns one value per sample (``Tensor[B]``); reduce as you see fit.
+The others return one value per sample (``Tensor[B]``); reduce as you see fit.
 """
 
 from deqkit.metrics.matching import hungarian_match
 from deqkit.metrics.reconstruction import reconstruction_mse
 from deqkit.metrics.segmentation import ari, fg_ari, matched_miou
+from deqkit.metrics.set_prediction import THRESHOLDS as AP_THRESHOLDS
+from deqkit.metrics.set_prediction import average_precision
 
-__all__ = ["ari", "fg_ari", "hungarian_match", "matched_miou", "reconstruction_mse"]
+__all__ = ["AP_THRESHOLDS", "ari", "average_precision", "fg_ari", "hungarian_match", "matched_miou", "reconstruction_mse"]

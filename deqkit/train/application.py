@@ -40,6 +40,10 @@ class Application:
     - ``loss(model, batch, config) -> (loss: Tensor[], logs: dict[str, float])``
     - ``metrics(model, batch, config) -> dict[str, Tensor[B]]`` per-sample values, averaged by the trainer
     - ``visualize(model, batch, config, path) -> None`` writes one PNG (optional)
+    - ``summarize(outputs, config) -> dict[str, float]`` dataset-level metrics (optional): ``outputs`` is
+      the list of every batch's ``metrics`` dict (detached, on the CPU) of one evaluation; its values are
+      added to the per-sample means (e.g. average precision, which is not a mean over samples). Entries of
+      ``metrics`` whose key starts with ``_`` are kept for ``summarize`` only and never averaged.
     """
 
     name: str
@@ -54,6 +58,7 @@ class Application:
     splits: tuple[str, ...] = ("train", "val", "test")
     description: str = ""
     collate: Callable[[list[Any]], Batch] | None = None  # None: torch's default_collate
+    summarize: Callable[[list[Mapping[str, torch.Tensor]], Any], Mapping[str, float]] | None = None
     path: Path | None = None  # the folder it was loaded from (set by the loader)
 
     def __post_init__(self) -> None:

@@ -1,4 +1,5 @@
-"""Score a model on a split: the application's per-sample metrics averaged over every sample."""
+"""Score a model on a split: the application's per-sample metrics averaged over every sample, plus the
+dataset-level metrics of its optional ``summarize`` hook."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ def evaluate(app: Application, model: nn.Module, config: Any, split: str, device
              *, limit: int | None = None, dataset: Any = None) -> dict[str, float]:
     """Mean of each metric over the split (at most ``limit`` batches); adds ``'samples'``.
 
+    With ``app.summarize`` set, every batch's metrics are kept (on the CPU) and its dataset-level values
+    are added; keys starting with ``_`` go to ``summarize`` only.
+
     Runs in eval mode without gradients and in a forked RNG, so evaluating never changes training.
     """
     if split not in app.splits:
@@ -33,6 +37,7 @@ def evaluate(app: Application, model: nn.Module, config: Any, split: str, device
     loader = eval_batches(dataset, config.train.batch_size, limit, app.collate)
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
+    outputs: list[dict[str, torch.Tensor]] = []
     was_training = model.training
     model.eval()
     try:
@@ -40,7 +45,11 @@ def evaluate(app: Application, model: nn.Module, config: Any, split: str, device
             for batch in loader:
                 with autocast(device, config.train.amp):
                     values = app.metrics(model, to_device(batch, device), config)
+                if app.summarize is not None:
+                    outputs.append({k: torch.as_tensor(v).detach().cpu() for k, v in values.items()})
                 for key, value in values.items():
+                    if key.startswith("_"):
+                        continue
                     value = torch.as_tensor(value).detach().double().reshape(-1)
                     sums[key] = sums.get(key, 0.0) + value.sum().item()
                     counts[key] = counts.get(key, 0) + value.numel()
@@ -48,4 +57,6 @@ def evaluate(app: Application, model: nn.Module, config: Any, split: str, device
         model.train(was_training)
     result = {key: sums[key] / counts[key] for key in sums}
     result["samples"] = float(max(counts.values(), default=0))
+    if app.summarize is not None and outputs:
+        result.update({key: float(value) for key, value in app.summarize(outputs, config).items()})
     return result
