@@ -40,6 +40,10 @@ class Application:
     - ``loss(model, batch, config) -> (loss: Tensor[], logs: dict[str, float])``
     - ``metrics(model, batch, config) -> dict[str, Tensor[B]]`` per-sample values, averaged by the trainer
     - ``visualize(model, batch, config, path) -> None`` writes one PNG (optional)
+    - ``param_groups(model, config) -> list[dict]`` optimiser parameter groups (optional), e.g. a
+      different learning rate per part: each dict has ``params`` and may set ``lr`` (default
+      ``train.lr``), ``weight_decay`` and ``warmup`` (steps, default ``train.warmup``); together the
+      groups must hold every trainable parameter exactly once
     """
 
     name: str
@@ -54,6 +58,7 @@ class Application:
     splits: tuple[str, ...] = ("train", "val", "test")
     description: str = ""
     collate: Callable[[list[Any]], Batch] | None = None  # None: torch's default_collate
+    param_groups: Callable[[nn.Module, Any], list[dict[str, Any]]] | None = None  # None: one group
     path: Path | None = None  # the folder it was loaded from (set by the loader)
 
     def __post_init__(self) -> None:
