@@ -4,12 +4,15 @@
 - :func:`matched_miou`: mean IoU of true objects matched to predicted slots (Hungarian).
 - :func:`hungarian_match`: batched one-to-one matching, also used by matched set-prediction losses.
 - :func:`reconstruction_mse`: per-sample mean squared reconstruction error.
+- :func:`frechet_distance`, :func:`fid_metric`, :func:`small_extractor`: FID of two image sets with any
+  feature extractor (torchmetrics; Inception-v3 from a local weights file), in :mod:`deqkit.metrics.fid`.
 
 Each returns one value per sample (``Tensor[B]``); reduce as you see fit.
 """
 
+from deqkit.metrics.fid import fid_metric, frechet_distance, small_extractor
 from deqkit.metrics.matching import hungarian_match
 from deqkit.metrics.reconstruction import reconstruction_mse
 from deqkit.metrics.segmentation import ari, fg_ari, matched_miou
 
-__all__ = ["ari", "fg_ari", "hungarian_match", "matched_miou", "reconstruction_mse"]
+__all__ = ["ari", "fg_ari", "fid_metric", "frechet_distance", "small_extractor", "hungarian_match", "matched_miou", "reconstruction_mse"]
