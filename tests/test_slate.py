@@ -110,3 +110,21 @@ def test_cli_train_eval_diagnose_end_to_end(tmp_path):
     fid = slot_fid(ckpt, split="val", batches=2)
     assert fid["fid_slots"] >= 0 and fid["extractor"] == "small-random-cnn"
     assert fid_main([ckpt, "--inception-weights", str(tmp_path / "missing.pth")]) == 2
+
+
+def test_benchmark_cost_and_token_grid_ceiling():
+    import argparse
+
+    from benchmarks.slate import part_cost, token_grid_ceiling
+
+    result = part_cost(argparse.Namespace(quick=True, plots=None))
+    assert result["generation"]["identical_tokens"]
+    saved = {(r["backward"], r["iters"]): r["slot_attention_saved_mb"] for r in result["rows"]}
+    assert saved[("neumann", 3)] == pytest.approx(saved[("neumann", 1)])  # O(1) memory in the iterations
+    assert saved[("unrolled", 3)] > 1.3 * saved[("unrolled", 1)]
+    # objects aligned with the 4x4 cells are recovered exactly; a one-pixel-wide object across cells is not
+    mask = torch.zeros(1, 8, 8, dtype=torch.long)
+    mask[0, :4, :4], mask[0, 4:, :] = 1, 2
+    assert token_grid_ceiling(mask, 4).item() == pytest.approx(1.0)
+    mask[0, 0, 3:5] = 3  # two pixels split over two cells: in the first one object 1 outvotes it
+    assert token_grid_ceiling(mask, 4).item() < 1.0
