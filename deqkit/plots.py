@@ -68,6 +68,8 @@ def slot_grid(
     max_rows: int = 8,
     pad: int = 2,
     scale: int | None = None,
+    extra: Sequence[tuple[str, torch.Tensor]] = (),
+    recon_title: str = "recon",
 ) -> np.ndarray:
     """One row per sample: input | reconstruction | each slot's mask, as an RGB ``uint8`` array.
 
@@ -82,6 +84,8 @@ def slot_grid(
         masks: ``[B, K, H, W]`` (or ``[B, K, 1, H, W]``) soft masks, summing to 1 over ``K``.
         per_slot_rgb: optional ``[B, K, 3, H, W]`` per-slot decoded images.
         max_rows: show at most this many samples (the first ones).
+        extra: more ``(title, [B, 3, H, W])`` image columns, shown after the reconstruction.
+        recon_title: the reconstruction column's title.
 
     Returns:
         ``uint8`` array ``[height, width, 3]`` with ``height, width = layout.size(rows, 2 + K)``.
@@ -104,13 +108,18 @@ def slot_grid(
         raise ValueError(f"max_rows must be >= 1, got {max_rows}")
 
     rows = min(batch, max_rows)
+    for title, column in extra:
+        if column.shape != images.shape:
+            raise ValueError(f"extra column {title!r} must have the images' shape {tuple(images.shape)}, "
+                             f"got {tuple(column.shape)}")
     images, recons, masks = (_to_unit_numpy(x[:rows]) for x in (images, recons, masks))
+    more = [_to_unit_numpy(column[:rows])[:, None] for _, column in extra]
     if per_slot_rgb is None:
         slot_tiles = np.repeat(masks[:, :, None], 3, axis=2)  # [R, K, 3, H, W] grey
     else:
         rgb = _to_unit_numpy(per_slot_rgb[:rows])
         slot_tiles = rgb * masks[:, :, None] + (1.0 - masks[:, :, None])
-    columns = np.concatenate([images[:, None], recons[:, None], slot_tiles], axis=1)  # [R, 2 + K, 3, H, W]
+    columns = np.concatenate([images[:, None], recons[:, None], *more, slot_tiles], axis=1)  # [R, 2 + K, 3, H, W]
     tiles = np.rint(columns * 255.0).astype(np.uint8).transpose(0, 1, 3, 4, 2)  # [R, C, H, W, 3]
 
     layout = slot_grid_layout(height, width, pad=pad, scale=scale)
@@ -123,7 +132,7 @@ def slot_grid(
         for c in range(columns.shape[1]):
             top, left, bottom, right = layout.box(r, c)
             grid[top:bottom, left:right] = tiles[r, c]
-    titles = ["input", "recon"] + [f"slot {k + 1}" for k in range(slots)]
+    titles = ["input", recon_title] + [title for title, _ in extra] + [f"slot {k + 1}" for k in range(slots)]
     return _draw_header(grid, layout, titles)
 
 
@@ -137,9 +146,12 @@ def save_slot_grid(
     *,
     pad: int = 2,
     scale: int | None = None,
+    extra: Sequence[tuple[str, torch.Tensor]] = (),
+    recon_title: str = "recon",
 ) -> Path:
     """Write :func:`slot_grid` as a PNG at ``path`` (parent folders are created); returns the path."""
-    grid = slot_grid(images, recons, masks, per_slot_rgb, max_rows=max_rows, pad=pad, scale=scale)
+    grid = slot_grid(images, recons, masks, per_slot_rgb, max_rows=max_rows, pad=pad, scale=scale, extra=extra,
+                     recon_title=recon_title)
     picture = Image.fromarray(grid)
     return _write_atomically(path, lambda f: picture.save(f, format="PNG"))
 

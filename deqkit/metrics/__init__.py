@@ -6,14 +6,20 @@
 - :func:`reconstruction_mse`: per-sample mean squared reconstruction error.
 - :func:`average_precision`: AP of predicted object sets at distance thresholds (Locatello et al. 2020,
   Zhang et al. 2022), a dataset-level value (``{threshold: AP}``), not one per sample.
+- :func:`frechet_distance`, :func:`fid_metric`, :func:`small_extractor`: FID of two image sets with any
+  feature extractor (torchmetrics; Inception-v3 from a local weights file), in :mod:`deqkit.metrics.fid`.
 
 The others return one value per sample (``Tensor[B]``); reduce as you see fit.
 """
 
+from deqkit.metrics.fid import fid_metric, frechet_distance, small_extractor
 from deqkit.metrics.matching import hungarian_match
 from deqkit.metrics.reconstruction import reconstruction_mse
 from deqkit.metrics.segmentation import ari, fg_ari, matched_miou
 from deqkit.metrics.set_prediction import THRESHOLDS as AP_THRESHOLDS
 from deqkit.metrics.set_prediction import average_precision
 
-__all__ = ["AP_THRESHOLDS", "ari", "average_precision", "fg_ari", "hungarian_match", "matched_miou", "reconstruction_mse"]
+__all__ = [
+    "AP_THRESHOLDS", "ari", "average_precision", "fg_ari", "fid_metric", "frechet_distance", "hungarian_match",
+    "matched_miou", "reconstruction_mse", "small_extractor",
+]

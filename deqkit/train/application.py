@@ -44,6 +44,10 @@ class Application:
       the list of every batch's ``metrics`` dict (detached, on the CPU) of one evaluation; its values are
       added to the per-sample means (e.g. average precision, which is not a mean over samples). Entries of
       ``metrics`` whose key starts with ``_`` are kept for ``summarize`` only and never averaged.
+    - ``param_groups(model, config) -> list[dict]`` optimiser parameter groups (optional), e.g. a
+      different learning rate per part: each dict has ``params`` and may set ``lr`` (default
+      ``train.lr``), ``weight_decay`` and ``warmup`` (steps, default ``train.warmup``); together the
+      groups must hold every trainable parameter exactly once
     """
 
     name: str
@@ -59,6 +63,7 @@ class Application:
     description: str = ""
     collate: Callable[[list[Any]], Batch] | None = None  # None: torch's default_collate
     summarize: Callable[[list[Mapping[str, torch.Tensor]], Any], Mapping[str, float]] | None = None
+    param_groups: Callable[[nn.Module, Any], list[dict[str, Any]]] | None = None  # None: one group
     path: Path | None = None  # the folder it was loaded from (set by the loader)
 
     def __post_init__(self) -> None:

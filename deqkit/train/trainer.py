@@ -8,6 +8,7 @@ through one all-reduce per step and only rank 0 writes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import signal
@@ -28,7 +29,7 @@ from deqkit.train.config import TrainConfig, to_dict
 from deqkit.train.data import EpochBatches, TrainStream, to_device
 from deqkit.train.distributed import (Dist, broadcast_module, init_distributed, params_in_sync, shutdown,
                                       sync_gradients)
-from deqkit.train.errors import DeqkitError, TrainingError, UsageError
+from deqkit.train.errors import ApplicationError, DeqkitError, TrainingError, UsageError
 from deqkit.train.evaluate import autocast, evaluate
 from deqkit.train.run_dir import RunDir, read_config
 
@@ -72,6 +73,35 @@ def lr_factor(step: int, train: TrainConfig) -> float:
     progress = min(1.0, max(0.0, (step - train.warmup) / max(1, train.steps - train.warmup)))
     decay = {"none": 1.0, "linear": 1.0 - progress, "cosine": 0.5 * (1.0 + math.cos(math.pi * progress))}
     return warm * decay[train.decay]
+
+
+def optimizer_groups(app: Application, model: nn.Module, config: Any, params: list[nn.Parameter]
+                     ) -> list[dict[str, Any]]:
+    """AdamW parameter groups: the application's ``param_groups`` hook (each group may set ``lr``,
+    ``weight_decay`` and ``warmup``), or one group of every trainable parameter. Every group gets an
+    explicit ``warmup`` (the scheduler warms each group up on its own)."""
+    train_cfg = config.train
+    if app.param_groups is None:
+        return [{"params": params, "warmup": train_cfg.warmup}]
+    groups = [dict(g) for g in app.param_groups(model, config)]
+    seen: dict[int, int] = {}
+    for i, group in enumerate(groups):
+        unknown = set(group) - {"params", "lr", "weight_decay", "warmup"}
+        if "params" not in group or unknown:
+            raise ApplicationError(f"application '{app.name}': param_groups()[{i}] needs 'params' and may set "
+                                   f"lr, weight_decay, warmup; got keys {sorted(group)}")
+        group["params"] = [p for p in group["params"] if p.requires_grad]
+        group.setdefault("warmup", train_cfg.warmup)
+        for p in group["params"]:
+            if id(p) in seen:
+                raise ApplicationError(f"application '{app.name}': param_groups() puts a parameter in groups "
+                                       f"{seen[id(p)]} and {i}")
+            seen[id(p)] = i
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
+    if missing:
+        raise ApplicationError(f"application '{app.name}': param_groups() leaves out trainable parameters "
+                               f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    return [g for g in groups if g["params"]]
 
 
 def seed_everything(seed: int) -> None:
@@ -131,10 +161,11 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
             raise UsageError(f"application '{app.name}' built a model without trainable parameters")
-        self.optimizer = torch.optim.AdamW(self.params, lr=self.train_cfg.lr,
+        groups = optimizer_groups(app, self.model, config, self.params)
+        self.optimizer = torch.optim.AdamW(groups, lr=self.train_cfg.lr,
                                            weight_decay=self.train_cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, self.train_cfg))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [
+            (lambda s, c=dataclasses.replace(self.train_cfg, warmup=g["warmup"]): lr_factor(s, c)) for g in groups])
         train_set = app.build_dataset(config, "train")
         self.stream = TrainStream(
             train_set,

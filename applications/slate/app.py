@@ -1,0 +1,170 @@
+"""The SLATE application: config, presets, and the functions the trainer calls."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from deqkit.data import ImageFolderDataset, SceneConfig, SceneDataset
+from deqkit.metrics import fg_ari, matched_miou
+from deqkit.plots import save_slot_grid
+from deqkit.train import Application, ConfigError, TrainConfig
+
+from .model import Slate, slate_loss
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class SlateConfig:
+    """SLATE on procedural scenes (or a folder of images); ``train.lr`` is the lr of everything but the
+    dVAE, which trains at ``dvae_lr`` without warm-up (as in the paper)."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: SceneConfig = field(default_factory=SceneConfig)
+    folder: str | None = None  # read images from this folder (70/15/15 split) instead of procedural scenes
+    folder_masks: str | None = None  # optional instance-id PNGs for the folder's images (FG-ARI, mIoU)
+    vocab_size: int = 64
+    patch: int = 4
+    dvae_hidden: int = 64
+    dvae_lr: float = 3e-4
+    tau_start: float = 1.0
+    tau_end: float = 0.1
+    tau_steps: int = 30_000  # cosine anneal of the Gumbel-softmax temperature over this many steps
+    d_model: int = 64
+    num_heads: int = 4
+    num_blocks: int = 2
+    dropout: float = 0.1
+    num_slots: int = 5
+    slot_dim: int = 64
+    mlp_hidden: int = 128
+    iters: int = 3
+    init: Literal["gaussian", "learned"] = "gaussian"
+    solver: Literal["iteration", "anderson", "broyden"] = "iteration"
+    backward: Literal["unrolled", "neumann", "ift", "phantom"] = "neumann"
+    tol: float | None = None
+    eval_generate: bool = True  # metrics decode tokens from the slots (the slot reconstruction's MSE)
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "dvae_hidden", "d_model", "num_heads", "num_blocks", "num_slots", "slot_dim",
+                     "mlp_hidden", "iters", "tau_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.data.image_size % self.patch:
+            raise ConfigError(f"data.image_size={self.data.image_size} must be a multiple of patch={self.patch}")
+        if self.d_model % self.num_heads:
+            raise ConfigError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
+        if self.folder_masks is not None and self.folder is None:
+            raise ConfigError("folder_masks needs folder")
+
+
+def _train(**kw: Any) -> dict[str, Any]:
+    return kw
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # seconds: for tests of the application, the trainer and the CLI
+    "smoke": {
+        "train": _train(steps=6, batch_size=4, lr=1e-3, log_every=2, eval_every=3, eval_batches=1, ckpt_every=3,
+                        image_every=3, spectral_iters=2, grad_clip=1.0),
+        "data": {"image_size": 16, "min_objects": 1, "max_objects": 2, "size_range": (0.2, 0.3),
+                 "train_size": 64, "val_size": 8, "test_size": 8},
+        "vocab_size": 16, "dvae_hidden": 8, "dvae_lr": 1e-3, "tau_steps": 6, "d_model": 16, "num_heads": 2,
+        "num_blocks": 1, "num_slots": 3, "slot_dim": 16, "mlp_hidden": 16,
+    },
+    # the CPU default (`deqkit train slate`): sized in docs/slate.md. Palette colours: after 800 steps a
+    # 64-token vocabulary still drew random-hue objects grey (the tokens could not name the hue yet).
+    "cpu": {
+        "train": _train(steps=2000, batch_size=16, lr=4e-4, warmup=200, decay="cosine", grad_clip=1.0,
+                        log_every=50, eval_every=1000, eval_batches=4, ckpt_every=1000, image_every=1000,
+                        spectral_iters=3),
+        "data": {"image_size": 48, "min_objects": 2, "max_objects": 4, "colors": "palette", "train_size": 1_000_000},
+        "vocab_size": 64, "dvae_hidden": 32, "dvae_lr": 1e-3, "tau_steps": 1000, "d_model": 64, "num_heads": 4,
+        "num_blocks": 2, "dropout": 0.0, "num_slots": 5, "slot_dim": 64, "mlp_hidden": 128, "iters": 3,
+    },
+    # SLATE's hyperparameters (Singh, Deng & Ahn, ICLR 2022, appendix, and the public code's train.py
+    # defaults): 128 px, vocab 1024, d_model 192, 4 heads, 4 decoder blocks, dropout 0.1, slot size 256,
+    # slot MLP 1024, 3 iterations, lr 3e-4 dVAE / 1e-4 rest with 30k warm-up steps, tau 1.0 -> 0.1 over
+    # 30k steps, clip 1.0, batch 50, 250k steps. Images from a folder: --set folder=PATH. For a GPU.
+    "paper": {
+        "train": _train(steps=250_000, batch_size=50, lr=1e-4, warmup=30_000, decay="cosine", grad_clip=1.0,
+                        log_every=100, eval_every=10_000, eval_batches=16, ckpt_every=10_000, image_every=10_000,
+                        num_threads=None, device="auto"),
+        "data": {"image_size": 128},
+        "vocab_size": 1024, "dvae_hidden": 64, "dvae_lr": 3e-4, "tau_start": 1.0, "tau_end": 0.1,
+        "tau_steps": 30_000, "d_model": 192, "num_heads": 4, "num_blocks": 4, "dropout": 0.1, "num_slots": 7,
+        "slot_dim": 256, "mlp_hidden": 1024, "iters": 3,
+    },
+}
+
+
+def build_model(cfg: SlateConfig) -> Slate:
+    return Slate(cfg.data.image_size, cfg.vocab_size, cfg.patch, cfg.dvae_hidden, cfg.d_model, cfg.num_heads,
+                 cfg.num_blocks, cfg.dropout, cfg.num_slots, cfg.slot_dim, cfg.mlp_hidden, cfg.iters,
+                 solver=cfg.solver, backward=cfg.backward, tol=cfg.tol, init=cfg.init,
+                 tau=(cfg.tau_start, cfg.tau_end, cfg.tau_steps))
+
+
+def build_dataset(cfg: SlateConfig, split: str) -> torch.utils.data.Dataset:
+    if cfg.folder is not None:
+        return ImageFolderDataset(cfg.folder, split, cfg.data.image_size, cfg.folder_masks, seed=cfg.data.seed)
+    return SceneDataset(cfg.data, split)
+
+
+def param_groups(model: Slate, cfg: SlateConfig) -> list[dict[str, Any]]:
+    """The dVAE at ``dvae_lr`` without warm-up; the rest at ``train.lr`` with ``train.warmup``."""
+    rest = [p for name, p in model.named_parameters() if not name.startswith("dvae.")]
+    return [{"params": list(model.dvae.parameters()), "lr": cfg.dvae_lr, "warmup": 0}, {"params": rest}]
+
+
+def loss(model: Slate, batch: Batch, cfg: SlateConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    return slate_loss(model, model(batch["image"]), batch["image"])
+
+
+def slot_masks(attn: torch.Tensor, size: int) -> torch.Tensor:
+    """Slot attention ``[B,K,T]`` over the token grid -> masks ``[B,K,size,size]`` (nearest upsampling)."""
+    side = int(attn.shape[-1] ** 0.5)
+    return F.interpolate(attn.unflatten(-1, (side, side)), size=(size, size), mode="nearest")
+
+
+def metrics(model: Slate, batch: Batch, cfg: SlateConfig) -> dict[str, torch.Tensor]:
+    """Per image: token cross-entropy (nats per token), squared error summed over the image of the dVAE's
+    and (with ``eval_generate``) the slot reconstruction, FG-ARI and matched mIoU of the attention masks."""
+    image = batch["image"]
+    out = model(image)
+    ce = F.cross_entropy(out["logits"].float().transpose(1, 2), out["tokens"], reduction="none").mean(1)
+    result = {"ce": ce, "dvae_mse": (out["dvae"]["recon"].float() - image).square().flatten(1).sum(1)}
+    if cfg.eval_generate:
+        result["mse"] = (model.reconstruct(out["slots"]).float() - image).square().flatten(1).sum(1)
+    if "mask" in batch:
+        masks = slot_masks(out["attn"].float(), image.shape[-1])
+        result |= {"fg_ari": fg_ari(batch["mask"], masks), "miou": matched_miou(batch["mask"], masks)}
+    return result
+
+
+def visualize(model: Slate, batch: Batch, cfg: SlateConfig, path: Path) -> None:
+    """Input | dVAE reconstruction | slot reconstruction | each slot's attention mask (grey)."""
+    image = batch["image"][:8]
+    out = model(image)
+    masks = slot_masks(out["attn"].float(), image.shape[-1])
+    save_slot_grid(path, image, out["dvae"]["recon"].float(), masks, recon_title="dVAE",
+                   extra=[("slots", model.reconstruct(out["slots"]).float())])
+
+
+APP = Application(
+    name="slate",
+    description="SLATE: dVAE tokens, slot attention (vanilla or implicit), image-GPT decoder",
+    config_type=SlateConfig,
+    presets=PRESETS,
+    default_preset="cpu",
+    build_model=build_model,
+    build_dataset=build_dataset,
+    loss=loss,
+    metrics=metrics,
+    visualize=visualize,
+    param_groups=param_groups,
+)

@@ -1,0 +1,74 @@
+"""SLATE (Singh, Deng & Ahn, ICLR 2022) with slot attention as a fixed point (Chang, Griffiths & Levine,
+NeurIPS 2022: ``backward="unrolled"`` is vanilla, ``"neumann"`` implicit).
+
+dVAE tokens -> dictionary + position embedding -> slot attention -> slots; an image-GPT decoder predicts
+the tokens from the slots. The pieces are the core's (:mod:`deqkit.nn`); this file assembles them.
+Shapes: B batch, h x w token grid (T = hw tokens), V vocabulary, K slots, D model width.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deqkit.nn import DiscreteVAE, ImageGPT, SlotAttention, cosine_anneal
+
+
+class Slate(nn.Module):
+    """``forward(image [B,3,H,W])`` returns ``dvae`` (the dVAE's outputs: ``tokens [B,h,w]``, ``recon``),
+    ``logits [B,T,V]`` of the tokens given the slots, ``slots [B,K,S]``, ``attn [B,K,T]`` and ``info``.
+
+    The Gumbel temperature follows ``cosine_anneal`` of the training-step counter ``step`` (a buffer, so it
+    is checkpointed), which :func:`slate_loss` advances in training mode.
+    """
+
+    def __init__(self, image_size: int, vocab_size: int = 64, patch: int = 4, dvae_hidden: int = 64,
+                 d_model: int = 64, num_heads: int = 4, num_blocks: int = 2, dropout: float = 0.1,
+                 num_slots: int = 5, slot_dim: int = 64, mlp_hidden: int = 128, iters: int = 3, *,
+                 solver: str = "iteration", backward: str = "neumann", tol: float | None = None,
+                 init: str = "gaussian", tau: tuple[float, float, int] = (1.0, 0.1, 30_000)):
+        super().__init__()
+        self.grid = image_size // patch
+        self.tau_schedule = tau
+        self.dvae = DiscreteVAE(vocab_size, patch, dvae_hidden)
+        self.gpt = ImageGPT(vocab_size, self.grid**2, d_model, num_heads, num_blocks, dropout)
+        # SLATE's slot attention encoder: LayerNorm + MLP on the token embeddings, then slot attention
+        self.slot_input = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, d_model), nn.ReLU(),
+                                        nn.Linear(d_model, d_model))
+        self.slot_attention = SlotAttention(num_slots, d_model, slot_dim, mlp_hidden, iters,
+                                            solver=solver, backward=backward, tol=tol, init=init)
+        self.slot_proj = nn.Linear(slot_dim, d_model, bias=False)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def tau(self) -> float:
+        start, end, steps = self.tau_schedule
+        return cosine_anneal(int(self.step), start, end, 0, steps)
+
+    def forward(self, image: torch.Tensor) -> dict[str, Any]:
+        dvae = self.dvae(image, self.tau())
+        tokens = dvae["tokens"].flatten(1).detach()  # no gradient from the transformer into the dVAE
+        embedded = self.gpt.embed(tokens)  # [B,1+T,D]
+        slots, attn, info = self.slot_attention(self.slot_input(embedded[:, 1:]))
+        logits = self.gpt(tokens, self.slot_proj(slots), embedded=embedded)
+        return {"dvae": dvae, "tokens": tokens, "logits": logits, "slots": slots, "attn": attn, "info": info}
+
+    @torch.no_grad()
+    def reconstruct(self, slots: torch.Tensor, use_cache: bool = True) -> torch.Tensor:
+        """Image ``[B,3,H,W]`` from ``slots [B,K,S]``: tokens decoded greedily, then the dVAE decoder."""
+        tokens = self.gpt.generate(self.slot_proj(slots), use_cache=use_cache)
+        return self.dvae.decode_tokens(tokens.unflatten(1, (self.grid, self.grid)))
+
+
+def slate_loss(model: Slate, out: dict[str, Any], image: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """SLATE's objective, both terms summed per image and averaged over the batch: the dVAE's pixel squared
+    error plus the decoder's token cross-entropy. Advances the temperature schedule in training mode."""
+    b = image.shape[0]
+    mse = (out["dvae"]["recon"] - image).square().sum() / b
+    ce = F.cross_entropy(out["logits"].flatten(0, 1), out["tokens"].flatten(), reduction="sum") / b
+    if model.training:
+        model.step += 1
+    return mse + ce, {"dvae_mse": mse.item(), "ce_per_token": ce.item() / out["tokens"].shape[1],
+                      "tau": model.tau(), "nfe": out["info"].nfe.float().mean().item()}

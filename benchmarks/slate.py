@@ -1,0 +1,190 @@
+"""SLATE at CPU scale: the claims of Chang, Griffiths & Levine (NeurIPS 2022) for vanilla vs implicit slot
+attention, measured on runs of `deqkit train slate` (trained separately, one core each through runq).
+
+Parts:
+
+- ``cost``: forward/backward seconds and tensors saved for backward vs slot attention iterations
+  (unrolled vs neumann) on one cpu-preset batch, and greedy generation with vs without the key/value cache.
+  No training; ~1 min.
+- ``ceiling``: FG-ARI of perfect masks at token resolution (the best any token-grid mask can score).
+- ``report RUN ...``: each run's config, time, test-split CE / MSE / dVAE MSE / FG-ARI / mIoU, FID (small
+  extractor) of slot reconstructions, and its Jacobian spectral norm over training (from metrics.jsonl);
+  plots of spectral norm and validation CE vs step into docs/.
+
+``PYTHONPATH=. python benchmarks/slate.py cost|ceiling|report ...``; JSON in benchmarks/results/slate_*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import print_table, write_json  # noqa: E402
+from deqkit.data import SceneConfig, SceneDataset, render_batch  # noqa: E402
+from deqkit.diagnostics import saved_tensor_bytes  # noqa: E402
+from deqkit.metrics import fg_ari  # noqa: E402
+from deqkit.plots import save_curves  # noqa: E402
+from deqkit.train import load_application  # noqa: E402
+from deqkit.train.evaluate import evaluate  # noqa: E402
+from deqkit.train.restore import restore  # noqa: E402
+
+APP = load_application(ROOT / "applications" / "slate")
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def part_cost(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    preset = "smoke" if args.quick else "cpu"
+    iters_list = (1, 3) if args.quick else (1, 3, 7, 15)
+    reps = 1 if args.quick else 3
+    cfg = APP.make_config(preset)
+    batch = render_batch(cfg.data, "train", range(cfg.train.batch_size))
+    rows = []
+    for iters in iters_list:
+        for backward in ("unrolled", "neumann"):
+            torch.manual_seed(0)
+            config = APP.make_config(preset, [f"iters={iters}", f"backward={backward}"])
+            model = APP.build_model(config)
+            fwd, bwd = [], []
+            for _ in range(reps + 1):
+                start = time.perf_counter()
+                loss, saved = saved_tensor_bytes(lambda: APP.loss(model, batch, config)[0])
+                mid = time.perf_counter()
+                loss.backward()
+                fwd.append(mid - start)
+                bwd.append(time.perf_counter() - mid)
+                model.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                inputs = model.slot_input(model.gpt.embed(model.dvae(batch["image"])["tokens"].flatten(1))[:, 1:])
+            sa_saved = saved_tensor_bytes(lambda: model.slot_attention(inputs)[0])[1]
+            rows.append({"backward": backward, "iters": iters, "forward_s": statistics.median(fwd[1:]),
+                         "backward_s": statistics.median(bwd[1:]), "saved_mb": saved / 2**20,
+                         "slot_attention_saved_mb": sa_saved / 2**20})
+    print_table(f"SLATE step cost vs iterations (batch {cfg.train.batch_size}, {preset} preset, 1 thread)",
+                ["backward", "iters", "forward s", "backward s", "saved MB", "slot attention saved MB"],
+                [[r["backward"], r["iters"], r["forward_s"], r["backward_s"], r["saved_mb"],
+                  r["slot_attention_saved_mb"]] for r in rows])
+    # generation: greedy decoding of all tokens from the slots, with and without the key/value cache
+    model = APP.build_model(cfg).eval()
+    with torch.no_grad():
+        slots = model(batch["image"])["slots"]
+    gen = {}
+    for use_cache in (True, False):
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            tokens = model.gpt.generate(model.slot_proj(slots), use_cache=use_cache)
+            times.append(time.perf_counter() - start)
+        gen["cached" if use_cache else "uncached"] = {"seconds": min(times), "tokens": tokens}
+    same = bool(torch.equal(gen["cached"]["tokens"], gen["uncached"]["tokens"]))
+    generation = {"batch": cfg.train.batch_size, "tokens": model.gpt.num_tokens, "identical_tokens": same,
+                  "cached_s": gen["cached"]["seconds"], "uncached_s": gen["uncached"]["seconds"]}
+    print_table("greedy generation", ["batch", "tokens", "cached s", "uncached s", "identical tokens"],
+                [[generation["batch"], generation["tokens"], generation["cached_s"], generation["uncached_s"], same]])
+    if args.plots:
+        for key, label in (("backward_s", "backward seconds"), ("slot_attention_saved_mb", "MB saved by slot attention")):
+            series = {b: ([r["iters"] for r in rows if r["backward"] == b], [r[key] for r in rows if r["backward"] == b])
+                      for b in ("unrolled", "neumann")}
+            save_curves(Path(args.plots) / f"slate_{key}_vs_iters.png", series,
+                        title=f"SLATE: {label} vs iterations", xlabel="iterations", ylabel=label)
+    return {"preset": preset, "rows": rows, "generation": generation}
+
+
+def token_grid_ceiling(mask: torch.Tensor, patch: int, foreground_vote: bool = True) -> torch.Tensor:
+    """FG-ARI ``[B]`` of the best hard masks at token resolution: each ``patch x patch`` cell takes the
+    object covering most of its pixels (ignoring the background when ``foreground_vote``), upsampled."""
+    onehot = F.one_hot(mask, int(mask.max()) + 1).permute(0, 3, 1, 2).float()
+    votes = F.avg_pool2d(onehot, patch)
+    if foreground_vote:
+        votes[:, 0] = 0  # FG-ARI scores foreground pixels only: a cell's vote goes to its main object
+    return fg_ari(mask, F.interpolate(votes, scale_factor=patch, mode="nearest"))
+
+
+def part_ceiling(args: argparse.Namespace) -> dict[str, Any]:
+    n = 64 if args.quick else 1000
+    cfg = APP.make_config("cpu")
+    rows = []
+    for size in (32, 48, 64):
+        for colors in ("palette",):
+            data = SceneDataset(SceneConfig(**{**cfg.data.__dict__, "image_size": size, "test_size": n}), "test")
+            mask = torch.stack([data[i]["mask"] for i in range(n)])
+            rows.append({"image_size": size, "grid": size // cfg.patch, "images": n,
+                         "fg_vote": token_grid_ceiling(mask, cfg.patch).mean().item(),
+                         "any_vote": token_grid_ceiling(mask, cfg.patch, False).mean().item()})
+    print_table(f"FG-ARI ceiling of perfect token-grid masks (patch {cfg.patch}, cpu-preset scenes, test split)",
+                ["image px", "token grid", "images", "FG-ARI (cell = main object)", "FG-ARI (cell = majority incl. bg)"],
+                [[r["image_size"], r["grid"], r["images"], r["fg_vote"], r["any_vote"]] for r in rows])
+    return {"rows": rows}
+
+
+def _records(run: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def part_report(args: argparse.Namespace) -> dict[str, Any]:
+    from applications.slate.fid import slot_fid
+
+    torch.set_num_threads(1)
+    runs = {}
+    for run in map(Path, args.runs):
+        ckpt = run / "checkpoints" / "last.safetensors"
+        restored = restore(ckpt)
+        cfg = restored.config
+        torch.manual_seed(0)
+        test = evaluate(restored.app, restored.model, cfg, "test", torch.device("cpu"), limit=args.batches)
+        fid = slot_fid(ckpt, split="test", batches=args.batches)
+        records = _records(run)
+        train_logs = [r for r in records if "solver" in r]
+        evals = [r for r in records if "eval" in r]
+        runs[run.name] = {
+            "backward": cfg.backward, "iters": cfg.iters, "seed": cfg.train.seed, "steps": restored.checkpoint.step,
+            "grad_clip": cfg.train.grad_clip, "warmup": cfg.train.warmup, "decay": cfg.train.decay,
+            "minutes": max(r.get("time", 0) for r in records) / 60, "test": test, "fid_slots": fid["fid_slots"],
+            "fid_dvae": fid["fid_dvae"],
+            "spectral_norm": [(r["step"], r["solver"]["slot_attention.fixed_point"].get("spectral_norm"))
+                              for r in train_logs if "spectral_norm" in r["solver"]["slot_attention.fixed_point"]],
+            "val": [(r["step"], r["eval"]) for r in evals],
+        }
+    print_table(f"SLATE runs: test split, first {args.batches} batches",
+                ["run", "backward", "iters", "clip", "warmup", "steps", "min", "CE/token", "MSE (sum/img)",
+                 "dVAE MSE", "FG-ARI", "mIoU", "FID slots (small)", "||J|| last"],
+                [[name, r["backward"], r["iters"], r["grad_clip"], r["warmup"], r["steps"], r["minutes"],
+                  r["test"]["ce"], r["test"]["mse"], r["test"]["dvae_mse"], r["test"]["fg_ari"], r["test"]["miou"],
+                  r["fid_slots"], r["spectral_norm"][-1][1] if r["spectral_norm"] else None]
+                 for name, r in runs.items()])
+    if args.plots:
+        series = {name: ([s for s, _ in r["spectral_norm"]], [v for _, v in r["spectral_norm"]]) for name, r in runs.items()}
+        save_curves(Path(args.plots) / f"slate_{args.name}_spectral_norm.png", series,
+                    title="SLATE: spectral norm of the slot attention step's Jacobian", xlabel="step",
+                    ylabel="||J||_2 (power iteration)")
+    return {"batches": args.batches, "runs": runs}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("part", choices=["cost", "ceiling", "report"])
+    p.add_argument("runs", nargs="*", help="run directories (report)")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--batches", type=int, default=8, help="test batches scored per run (report)")
+    p.add_argument("--name", default="runs", help="suffix of the report's JSON and plots")
+    p.add_argument("--plots", default=str(ROOT / "docs"))
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args()
+    results = {"cost": part_cost, "ceiling": part_ceiling, "report": part_report}[args.part](args)
+    suffix = args.name if args.part == "report" else args.part
+    write_json(args.json or RESULTS / f"slate_{suffix}.json", "slate", vars(args) | {"json": None}, results)
+
+
+if __name__ == "__main__":
+    main()
