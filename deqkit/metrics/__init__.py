@@ -3,13 +3,19 @@
 - :func:`ari`, :func:`fg_ari`: adjusted Rand index of a predicted segmentation (all pixels / foreground).
 - :func:`matched_miou`: mean IoU of true objects matched to predicted slots (Hungarian).
 - :func:`hungarian_match`: batched one-to-one matching, also used by matched set-prediction losses.
+- :func:`slot_jacobian_norms`, :func:`jacobian_ari`, :func:`jacobian_interaction_score`: which slot each
+  output pixel depends on, from a decoder's Jacobian (J-ARI, JIS).
 - :func:`reconstruction_mse`: per-sample mean squared reconstruction error.
 
 Each returns one value per sample (``Tensor[B]``); reduce as you see fit.
 """
 
+from deqkit.metrics.jacobian import jacobian_ari, jacobian_interaction_score, jacobian_masks, slot_jacobian_norms
 from deqkit.metrics.matching import hungarian_match
 from deqkit.metrics.reconstruction import reconstruction_mse
 from deqkit.metrics.segmentation import ari, fg_ari, matched_miou
 
-__all__ = ["ari", "fg_ari", "hungarian_match", "matched_miou", "reconstruction_mse"]
+__all__ = [
+    "ari", "fg_ari", "hungarian_match", "jacobian_ari", "jacobian_interaction_score", "jacobian_masks", "matched_miou",
+    "reconstruction_mse", "slot_jacobian_norms",
+]
