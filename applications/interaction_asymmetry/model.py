@@ -25,10 +25,11 @@ def _mlp(dim_in: int, hidden: int, dim_out: int) -> nn.Sequential:
 class SlotTransformerEncoder(nn.Module):
     """Learned slot queries ``[K,D]`` -> ``layers`` x (cross-attention to the features, self-attention among
     slots, MLP), pre-norm residual blocks -> posterior mean and log-variance ``[B,K,S]`` each. ``scale``
-    multiplies the logits of the cross-attention to the features."""
+    multiplies the logits of the cross-attention to the features; ``init_log_var`` is the log-variance
+    the posterior starts from."""
 
     def __init__(self, num_slots: int, dim: int, latent_dim: int, layers: int = 2, heads: int = 1,
-                 scale: float = 1.0):
+                 scale: float = 1.0, init_log_var: float = 0.0):
         super().__init__()
         self.queries = nn.Parameter(torch.randn(num_slots, dim) * dim ** -0.5)
         self.context_norm = nn.LayerNorm(dim)
@@ -37,6 +38,8 @@ class SlotTransformerEncoder(nn.Module):
             "norm_self": nn.LayerNorm(dim), "self": Attention(dim, dim, heads),
             "norm_mlp": nn.LayerNorm(dim), "mlp": _mlp(dim, 2 * dim, dim)}) for _ in range(layers))
         self.to_posterior = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * latent_dim))
+        with torch.no_grad():  # a small starting posterior variance: the decoder sees the means, not noise
+            self.to_posterior[1].bias[latent_dim:].fill_(init_log_var)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         context = self.context_norm(features)
@@ -94,11 +97,18 @@ class InteractionAsymmetryVAE(nn.Module):
     def __init__(self, image_size: int, num_slots: int = 5, latent_dim: int = 32, dim: int = 64, *,
                  encoder_layers: int = 3, encoder_kernel: int = 3, encoder_downsample: int = 1,
                  transformer_layers: int = 2, decoder_layers: int = 2, heads: int = 1, frequencies: int = 6,
-                 attn_scale: float = 1.0, encoder_attn_scale: float = 1.0):
+                 attn_scale: float = 1.0, encoder_attn_scale: float = 1.0, init_log_var: float = 0.0):
         super().__init__()
         self.cnn = CNNEncoder(dim, encoder_layers, encoder_kernel, encoder_downsample)
+        # He initialisation: with PyTorch's default the CNN's output starts ~15x smaller than the position
+        # embedding added to it, and the posterior means vary across images by 1% of their size (10x more
+        # with He), so the decoder first learns to ignore the slots (docs/interaction_asymmetry.md)
+        for conv in self.cnn.cnn:
+            if isinstance(conv, nn.Conv2d):
+                nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+                nn.init.zeros_(conv.bias)
         self.encoder = SlotTransformerEncoder(num_slots, dim, latent_dim, transformer_layers, heads,
-                                              encoder_attn_scale)
+                                              encoder_attn_scale, init_log_var)
         self.decoder = SlotQueryDecoder(latent_dim, dim, image_size, decoder_layers, heads, frequencies, attn_scale)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
