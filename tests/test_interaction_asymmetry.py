@@ -60,7 +60,9 @@ def test_alpha_and_beta_ramp_linearly():
     assert schedule(0, cfg) == (0.0, 0.0)
     assert schedule(200, cfg) == pytest.approx((0.025, 0.05))
     assert schedule(10_000, cfg) == pytest.approx((0.05, 0.05))
-    assert app.make_config("alpha0").alpha == 0.0 and app.make_config("beta0").beta == 0.0
+    alpha0, beta0, cpu = app.make_config("alpha0"), app.make_config("beta0"), app.make_config("cpu")
+    assert (alpha0.alpha, alpha0.beta, beta0.alpha, beta0.beta) == (0.0, cpu.beta, cpu.alpha, 0.0)
+    assert alpha0.data == cpu.data and beta0.num_slots == cpu.num_slots  # otherwise the cpu preset
 
 
 def test_training_step_counter_drives_the_schedule():

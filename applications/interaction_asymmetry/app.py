@@ -104,10 +104,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_slots": 4, "latent_dim": 16, "init_log_var": -4.0, "beta_warmup": 300, "alpha_start": 300,
         "alpha_ramp": 300, "jacobian_images": 2, "jacobian_chunk": 32,
     },
-    # ablations of the two regularisers (on top of the cpu preset)
-    "alpha0": {"alpha": 0.0},
-    "beta0": {"beta": 0.0},
 }
+# ablations: the cpu preset without the interaction penalty, or without the KL
+PRESETS["alpha0"] = {**PRESETS["cpu"], "alpha": 0.0}
+PRESETS["beta0"] = {**PRESETS["cpu"], "beta": 0.0}
 
 
 def build_model(cfg: InteractionAsymmetryConfig) -> InteractionAsymmetryVAE:
