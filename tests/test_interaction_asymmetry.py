@@ -110,3 +110,27 @@ def test_bad_config_on_the_command_line_is_one_line(tmp_path):
     assert result.exit_code != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "alpha" in lines[0], result.stderr
+
+
+def test_benchmark_scores_both_applications_on_the_same_images(tmp_path):
+    """The comparison script, on smoke runs of this app and of slot attention (same smoke data): table, JSON
+    with every metric, the forward-mode Jacobian agreeing with the reverse-mode one, and the picture."""
+    import os
+    import subprocess
+    import sys
+
+    for name, app_dir in (("ia", APP_DIR), ("sa", str(ROOT / "applications" / "slot_attention"))):
+        result = runner.invoke(cli, ["train", app_dir, "--preset", "smoke", "-q", "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "interaction_asymmetry.py"), "--runs", f"ia={tmp_path / 'ia'}",
+         f"implicit={tmp_path / 'sa'}", "--images", "8", "--jacobian-images", "2", "--json", str(tmp_path / "b.json"),
+         "--plot", str(tmp_path / "b.png")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert set(results) == {"ia", "implicit"}
+    for row in results.values():
+        assert row["reverse_mode_agrees"] and row["steps"] == 6
+        assert {"fg_ari", "j_ari", "jis", "mse", "jacobian_forward_s_per_image"} <= set(row)
+    assert (tmp_path / "b.png").stat().st_size > 0
