@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -35,3 +36,15 @@ def slot_frames(attn: torch.Tensor, height: int, width: int) -> tuple[torch.Tens
     centre = attn @ pos
     variance = attn @ pos.square() - centre.square()
     return centre, variance.clamp_min(1e-4).sqrt()  # >= 0.01: a finite gradient and a bounded 1/spread
+
+
+def fourier_features(height: int, width: int, frequencies: int, device: Any = None) -> torch.Tensor:
+    """``[H,W,2+4F]`` Fourier encoding of pixel centres ``(y, x)`` in [-1, 1]: the coordinates, then
+    ``sin`` and ``cos`` of ``2^f pi y`` and ``2^f pi x`` for ``f = 0..F-1`` (Mildenhall et al. 2020,
+    Tancik et al. 2020); the per-pixel queries of a slot-conditioned implicit decoder."""
+    ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height * 2 - 1
+    xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width * 2 - 1
+    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1)  # [H,W,2]
+    scales = math.pi * 2.0 ** torch.arange(frequencies, device=device, dtype=torch.float32)  # [F]
+    angles = (grid[..., None] * scales).flatten(-2)  # [H,W,2F]
+    return torch.cat([grid, angles.sin(), angles.cos()], dim=-1)

@@ -1,0 +1,202 @@
+"""Interaction-asymmetry Transformer VAE vs implicit and vanilla slot attention on the same scenes.
+
+Scores finished training runs (each trained by the CLI, ``python -m deqkit train ...``; the commands are in
+docs/interaction_asymmetry.md) on the same test images: FG-ARI of the models' masks (decoder attention for
+the VAE, alpha masks for slot attention), J-ARI and JIS from each decoder's Jacobian, MSE, and the cost of
+the forward-mode Jacobian against a reverse-mode one. Writes a rich table, a JSON and a side-by-side
+picture. ``--screening DIR...`` instead summarises short screening runs of the VAE into one JSON record.
+
+Run from the repository root:
+``PYTHONPATH=. python benchmarks/interaction_asymmetry.py --runs ia=runs/ia implicit=runs/sa-implicit vanilla=runs/sa-vanilla``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from rich.console import Console
+from rich.table import Table
+
+from deqkit.data import render_batch
+from deqkit.metrics import (fg_ari, jacobian_ari, jacobian_interaction_score, jacobian_masks,
+                            reconstruction_mse, slot_jacobian_norms)
+from deqkit.nn import alpha_composite
+from deqkit.train.restore import restore
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60]], dtype=np.uint8)
+
+
+def last_record(run: Path) -> dict[str, Any]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {"steps": records[-1]["step"], "train_seconds": records[-1]["time"], "records": records}
+
+
+def model_parts(restored: Any, image: torch.Tensor) -> tuple[dict[str, torch.Tensor], Callable, torch.Tensor]:
+    """(outputs with recon and masks, decode: latents -> image, the latents) for either application."""
+    model = restored.model
+    out = model(image)
+    if restored.app.name == "interaction_asymmetry":
+        return out, (lambda z: model.decoder(z)[0]), out["z"]
+    if getattr(model, "relative", False):
+        raise SystemExit("error: slot attention with relative decoder positions is not supported here")
+    return out, (lambda s: alpha_composite(*model.decoder(s))[0]), out["slots"]
+
+
+def score(restored: Any, data: Any, images: int, jacobian_images: int, batch: int) -> dict[str, Any]:
+    fg, mse = [], []
+    with torch.no_grad():
+        for start in range(0, images, batch):
+            b = render_batch(data, "test", list(range(start, min(images, start + batch))))
+            out, _, _ = model_parts(restored, b["image"])
+            fg.append(fg_ari(b["mask"], out["masks"].float()))
+            mse.append(reconstruction_mse(b["image"], out["recon"].float()))
+        b = render_batch(data, "test", list(range(jacobian_images)))
+        out, decode, latents = model_parts(restored, b["image"])
+        started = time.perf_counter()
+        norms = slot_jacobian_norms(decode, latents, chunk_size=32)
+        forward_s = (time.perf_counter() - started) / jacobian_images
+    one = latents[:1].detach()
+    started = time.perf_counter()
+    reverse = torch.func.jacrev(decode, chunk_size=64)(one)  # [1,3,H,W,1,K,S]: a reverse pass per output value
+    reverse_s = time.perf_counter() - started
+    reverse_norms = reverse[0, ..., 0, :, :].square().sum((0, -1)).sqrt().permute(2, 0, 1)  # [K,H,W]
+    agree = torch.allclose(reverse_norms, norms[0], rtol=1e-3, atol=1e-5)
+    fg, mse = torch.cat(fg), torch.cat(mse)
+    return {
+        "fg_ari": fg.mean().item(), "fg_ari_std": fg.std().item(), "mse": mse.mean().item(),
+        "j_ari": jacobian_ari(b["mask"], norms).mean().item(), "jis": jacobian_interaction_score(norms).mean().item(),
+        "jis_foreground": jacobian_interaction_score(norms, b["mask"] != 0).mean().item(),
+        "images": images, "jacobian_images": jacobian_images, "latent_directions": latents.shape[1] * latents.shape[2],
+        "jacobian_forward_s_per_image": forward_s, "jacobian_reverse_s_per_image": reverse_s,
+        "reverse_mode_agrees": bool(agree),
+        "_pictures": (b, out, norms),
+    }
+
+
+def segmentation_tile(labels: torch.Tensor) -> np.ndarray:
+    return PALETTE[labels.numpy() % len(PALETTE)]
+
+
+def save_picture(path: Path, names: list[str], results: dict[str, dict[str, Any]], rows: int, scale: int = 4) -> None:
+    """Per row: input, true objects; per model: reconstruction, mask argmax, Jacobian argmax."""
+    b = next(iter(results.values()))["_pictures"][0]
+    columns = ["input", "objects"]
+    tiles: list[list[np.ndarray]] = [[] for _ in range(rows)]
+    for r in range(rows):
+        tiles[r].append((b["image"][r].clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+        tiles[r].append(segmentation_tile(b["mask"][r]))
+    for name in names:
+        _, out, norms = results[name]["_pictures"]
+        columns += [f"{name} recon", f"{name} masks", f"{name} Jacobian"]
+        for r in range(rows):
+            tiles[r].append((out["recon"][r].float().clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+            tiles[r].append(segmentation_tile(out["masks"][r].argmax(0) + 1))
+            tiles[r].append(segmentation_tile(jacobian_masks(norms)[r].argmax(0) + 1))
+    h, w = tiles[0][0].shape[:2]
+    th, tw, pad, header = h * scale, w * scale, 4, 28
+    canvas = Image.new("RGB", (len(columns) * (tw + pad) + pad, header + rows * (th + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for c, title in enumerate(columns):
+        x = pad + c * (tw + pad)
+        for i, part in enumerate(title.split(" ", 1)):
+            draw.text((x, 2 + 12 * i), part, fill="black")
+        for r in range(rows):
+            tile = Image.fromarray(tiles[r][c]).resize((tw, th), Image.NEAREST)
+            canvas.paste(tile, (x, header + pad + r * (th + pad)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+
+
+def compare(args: argparse.Namespace) -> None:
+    runs = dict(item.split("=", 1) for item in args.runs)
+    restored = {name: restore(Path(d) / "checkpoints" / "last.safetensors") for name, d in runs.items()}
+    data = [r.config.data for r in restored.values()]
+    if any(d != data[0] for d in data):
+        raise SystemExit("error: the runs were trained on different data configs; compare like with like")
+    results: dict[str, dict[str, Any]] = {}
+    for name, r in restored.items():
+        r.model.eval()
+        results[name] = score(r, data[0], args.images, args.jacobian_images, args.batch)
+        run = last_record(Path(runs[name]))
+        results[name].update(app=r.app.name, run=runs[name], steps=run["steps"], train_seconds=run["train_seconds"],
+                             gradient=getattr(r.config, "backward", None), num_slots=r.config.num_slots)
+    table = Table(title=f"test split, {args.images} images (J-ARI/JIS on {args.jacobian_images})")
+    for col in ("model", "steps", "train min", "FG-ARI", "J-ARI", "JIS", "MSE", "Jac fwd s/img", "Jac rev s/img"):
+        table.add_column(col)
+    for name, m in results.items():
+        table.add_row(name, str(m["steps"]), f"{m['train_seconds'] / 60:.1f}", f"{m['fg_ari']:.3f}", f"{m['j_ari']:.3f}",
+                      f"{m['jis']:.3f}", f"{m['mse']:.4f}", f"{m['jacobian_forward_s_per_image']:.2f}",
+                      f"{m['jacobian_reverse_s_per_image']:.2f}")
+    Console(width=150).print(table)
+    save_picture(Path(args.plot), list(results), results, rows=min(6, args.jacobian_images))
+    payload = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+               "threads": torch.get_num_threads(), "data": str(data[0]),
+               "results": {n: {k: v for k, v in m.items() if not k.startswith("_")} for n, m in results.items()}}
+    Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {args.json} and {args.plot}")
+
+
+def screening(args: argparse.Namespace) -> None:
+    """One record of the VAE's screening runs: the settings that differ from the cpu preset and the outcome."""
+    from deqkit.train import load_application
+
+    app = load_application(ROOT / "applications" / "interaction_asymmetry")
+    base = json.loads(json.dumps(app.make_config("cpu"), default=lambda o: o.__dict__))
+    attempts = []
+    for d in args.screening:
+        cfg = json.loads((Path(d) / "config.json").read_text())["config"]
+        diff = {}
+        for key, value in cfg.items():
+            if isinstance(value, dict):
+                diff.update({f"{key}.{k}": v for k, v in value.items() if base[key].get(k) != v})
+            elif base.get(key) != value:
+                diff[key] = value
+        run = last_record(Path(d))
+        logs = [r["metrics"] for r in run["records"] if "metrics" in r]
+        final = next(r["eval"] for r in reversed(run["records"]) if "eval" in r)
+        attempts.append({"run": Path(d).name, "changes_from_cpu_preset": diff, "steps": run["steps"],
+                         "train_seconds": run["train_seconds"],
+                         "attn_max_first_last": [logs[0]["attn_max"], logs[-1]["attn_max"]],
+                         "train_mse_first_last": [logs[0]["mse"], logs[-1]["mse"]],
+                         "val": {k: final[k] for k in ("fg_ari", "j_ari", "jis", "mse", "R")}})
+    out = Path(args.json)
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    notes = previous.get("notes", "")
+    out.write_text(json.dumps({"notes": notes, "attempts": attempts}, indent=2) + "\n")
+    print(json.dumps(attempts, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", nargs="+", help="name=run_directory, e.g. ia=runs/ia")
+    parser.add_argument("--screening", nargs="+", help="screening run directories of the VAE")
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--jacobian-images", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--plot", default=str(ROOT / "docs" / "interaction_asymmetry_masks.png"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.screening:
+        args.json = args.json or str(RESULTS / "interaction_asymmetry_screening.json")
+        screening(args)
+    elif args.runs:
+        args.json = args.json or str(RESULTS / "interaction_asymmetry.json")
+        compare(args)
+    else:
+        parser.error("give --runs or --screening")
+
+
+if __name__ == "__main__":
+    main()
