@@ -208,37 +208,64 @@ class Solver:
     ) -> tuple[torch.Tensor, SolveInfo]:
         state, z = self._start(z0), z0
         progress = Progress(z0, tol, stop_mode, self.divergence_ratio)
-        batch = z0.shape[0]
         if is_transformed(z0) or torch.is_grad_enabled():  # no gathering rows under vmap or an unrolled solve
             f_rows = None
-        running = batch
+        # Once enough samples have stopped, the loop works on the running ones only (``rows``, ascending):
+        # f, the solver's update and its state see that subset; Progress keeps the whole batch.
+        rows: torch.Tensor | None = None
+        z_work = z0
         for _ in range(max_iter):
-            fz = None
-            if f_rows is not None and running <= COMPACT_BELOW * batch:
-                # Evaluate only the running samples; stopped ones get f(z) = z (ignored: they are frozen).
-                rows = running_rows(progress.active, running)
-                try:
-                    fz = z.index_copy(0, rows, f_rows(z.index_select(0, rows), rows))
-                except RuntimeError:  # f also closes over per-sample tensors: evaluate the whole batch
-                    f_rows = None
-            if fz is None:
-                fz = f(z)
+            if rows is None:
+                fz_work = f(z_work)
+                z, fz = z_work, fz_work
+            else:
+                z = progress.best_z.index_copy(0, rows, z_work)  # stopped samples sit at their best iterate
+                fz_work = None
+                if f_rows is not None:
+                    try:
+                        fz_work = f_rows(z_work, rows)
+                    except RuntimeError:  # f also closes over per-sample tensors: evaluate the whole batch
+                        f_rows = None
+                if fz_work is None:
+                    fz_work = f(z).index_select(0, rows)
+                fz = z.index_copy(0, rows, fz_work)  # stopped samples get f(z) = z: ignored, they are frozen
             abs_res = progress.observe(z, fz)
             # Under torch.func transforms (vmap, grad) a tensor cannot steer Python control flow: run all
             # max_iter iterations there; stopped samples are frozen either way, so the result is the same.
             if is_transformed(progress.active):
-                f_rows = None
-            else:
-                running = int(progress.active.sum())
-                if running == 0:
-                    break
-            z = progress.next_state(update(state, z, fz, abs_res))
+                z = progress.next_state(update(state, z, fz, abs_res))
+                z_work = z
+                continue
+            running = int(progress.active.sum())
+            if running == 0:
+                break
+            abs_work = abs_res if rows is None else abs_res.index_select(0, rows)
+            step = update(state, z_work, fz_work, abs_work)
+            z = progress.next_state(step if rows is None else z.index_copy(0, rows, step))
+            working = z0.shape[0] if rows is None else rows.numel()
+            if f_rows is not None and running <= COMPACT_BELOW * working and working > MIN_ROWS:
+                keep = keep_positions(progress.active if rows is None else progress.active.index_select(0, rows), running)
+                try:
+                    self._select(state, keep)
+                except NotImplementedError:
+                    f_rows = None
+                else:
+                    rows = keep if rows is None else rows.index_select(0, keep)
+            z_work = z if rows is None else z.index_select(0, rows)
         return progress.result()
 
+    def _select(self, state: object, keep: torch.Tensor) -> None:
+        """Keep only the samples ``keep`` (positions, ascending) of the per-solve state (in place)."""
+        if state is not None:
+            select = getattr(state, "select", None)
+            if select is None:
+                raise NotImplementedError
+            select(keep)
 
-def running_rows(active: torch.Tensor, running: int) -> torch.Tensor:
-    """Indices of the running samples (ascending), padded with stopped ones up to ``MIN_ROWS``."""
-    if running >= MIN_ROWS or running == active.shape[0]:
+
+def keep_positions(active: torch.Tensor, running: int) -> torch.Tensor:
+    """Positions of the running samples in ``active`` (ascending), padded with stopped ones up to ``MIN_ROWS``."""
+    if running >= MIN_ROWS:
         return active.nonzero().squeeze(1)
     pad = (~active).nonzero().squeeze(1)[: MIN_ROWS - running]
     return torch.cat([active.nonzero().squeeze(1), pad]).sort().values
