@@ -128,7 +128,8 @@ COMPACT_BELOW = 0.75
 # Matrix products over fewer rows than this round differently (MKL switches kernels below 4 rows), so
 # a smaller set of running samples is padded with stopped ones to keep results bit-identical.
 MIN_ROWS = 4
-FIXED_COUNT_CHUNK = 8  # fixed-count solves turn their iterates into residuals this many steps at a time
+FIXED_COUNT_CHUNK = 32  # fixed-count solves turn their iterates into residuals this many steps at a time
+CHUNK_BYTES = 2**19  # iterates kept between flushes: small enough to stay in cache
 
 
 class Solver:
@@ -172,7 +173,7 @@ class Solver:
         """Exactly ``max_iter`` steps with no data-dependent control flow (so torch.compile traces it whole).
 
         Solvers that do not read the residual (plain iteration) compute no per-step residual: the iterates
-        are kept ``FIXED_COUNT_CHUNK`` at a time and turned into trace entries with one batched op per chunk.
+        are kept up to ``FIXED_COUNT_CHUNK`` at a time and turned into trace entries with one batched op per chunk.
         """
         state, z = self._start(z0), z0
         residuals: list[torch.Tensor] = []
@@ -189,13 +190,15 @@ class Solver:
             if norms:
                 trace = trace / (torch.stack(norms).detach() + _EPS)
             return z, fixed_count_info(trace, z)
+        # Keep at most CHUNK_BYTES of iterates between flushes (and at most FIXED_COUNT_CHUNK steps).
+        chunk = max(1, min(FIXED_COUNT_CHUNK, CHUNK_BYTES // max(1, z0.numel() * z0.element_size())))
         zs: list[torch.Tensor] = []
         fzs: list[torch.Tensor] = []
         for step in range(max_iter):
             fz = f(z)
             zs.append(z)
             fzs.append(fz)
-            if len(zs) == FIXED_COUNT_CHUNK or step == max_iter - 1:
+            if len(zs) == chunk or step == max_iter - 1:
                 residuals.append(_chunk_residuals(zs, fzs, stop_mode))
                 zs, fzs = [], []
             z = update(state, z, fz, None)
@@ -283,7 +286,13 @@ def _without_autocast(update):
 
 def _chunk_residuals(zs: list[torch.Tensor], fzs: list[torch.Tensor], stop_mode: StopMode) -> torch.Tensor:
     """Trace rows [c, B] of c steps from their iterates and images: ‖f(z) − z‖ (/ ‖f(z)‖ in rel mode)."""
-    z, fz = torch.stack(zs).detach(), torch.stack(fzs).detach()
+    if all(a is b for a, b in zip(fzs[:-1], zs[1:])):  # plain iteration: each f(z) is the next z
+        seq = torch.stack([*zs, fzs[-1]])
+        z, fz = seq[:-1], seq[1:]
+    else:
+        z, fz = torch.stack(zs), torch.stack(fzs)
+    if fz.requires_grad:  # an unrolled solve: the trace is a record, not part of the graph
+        z, fz = z.detach(), fz.detach()
     res = torch.linalg.vector_norm(fz - z, dim=2)
     return res / (torch.linalg.vector_norm(fz, dim=2) + _EPS) if stop_mode == "rel" else res
 
