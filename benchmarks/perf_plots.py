@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 MARKERS = {"iteration": "o", "anderson": "s", "broyden": "^"}
 COLOURS = {"deqkit": "tab:blue", "torchdeq": "tab:orange"}
@@ -32,6 +33,7 @@ def suite_plot(results: dict, path: Path) -> None:
             ax.scatter(r["seconds"], r["converged_1e-5"], marker=MARKERS[r["solver"]], color=COLOURS[r["library"]],
                        s=60, alpha=0.8, label=f"{r['library']} {r['solver']}")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(-0.05, 1.05)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("seconds (median)")
@@ -55,6 +57,7 @@ def gradients_plot(results: dict, path: Path) -> None:
             ax.annotate(r["estimator"].replace(" λ=0.5", ""), (r["seconds"], max(r["relative_error"], 1e-9)), fontsize=6)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{prob['problem']} (ρ = {prob['spectral_radius']['max']:.2f})", fontsize=10)
         ax.set_xlabel("backward seconds")
         ax.set_ylabel("relative error vs oracle")
@@ -64,3 +67,17 @@ def gradients_plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     print(f"wrote {path}")
+
+
+def main() -> None:
+    """Redraw both plots from the JSON results (``python benchmarks/perf_plots.py``)."""
+    import json
+
+    results = Path(__file__).parent / "results"
+    docs = Path(__file__).parent.parent / "docs"
+    suite_plot(json.loads((results / "suite.json").read_text())["results"], docs / "performance_suite.png")
+    gradients_plot(json.loads((results / "gradients.json").read_text())["results"], docs / "performance_gradients.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -52,8 +52,9 @@ def fixed_point(
     chosen gradient; implicit estimators return f applied to the detached solution (one step past it).
 
     ``inputs``: instead of closing over them, f may take its per-sample inputs as ``f(z, *inputs)``
-    (pytrees of batch-first tensors). The solver can then evaluate f on the samples still running only
-    (``f(z[rows], *inputs[rows])``), so samples that converged stop costing time; results are the same.
+    (pytrees of batch-first tensors). Once a quarter of the batch has stopped, the solver then works on the
+    samples still running only (``f(z[rows], *inputs[rows])`` and its own update), so samples that
+    converged stop costing time; results are the same as without ``inputs``.
     """
     reject_unknown_options("fixed_point", unknown, FIXED_POINT_OPTIONS)
     check_options(tol, max_iter, stop_mode)

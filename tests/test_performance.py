@@ -167,3 +167,20 @@ def test_broyden_without_a_window_keeps_every_update():
     torch.testing.assert_close(f(z), z, atol=1e-9, rtol=0)
     with pytest.raises(deqkit.ConfigError, match="or None for no limit"):
         Broyden(m=0)
+
+
+def test_a_custom_solver_without_a_selectable_state_is_not_compacted_but_still_right():
+    class Halfway(Iteration):
+        def _start(self, z0):
+            return {"steps": 0}  # no select(): the loop keeps the whole batch
+
+        def _update(self, state, z, fz, abs_res):
+            state["steps"] += 1
+            return 0.5 * (z + fz)
+
+    step, z0, x, rows = mixed_problem(batch=12)
+    with torch.no_grad():
+        a = deqkit.fixed_point(step, z0, inputs=(x,), solver=Halfway(), tol=1e-6, max_iter=300, stop_mode="abs")
+        b = deqkit.fixed_point(lambda z: step(z, x), z0, solver=Halfway(), tol=1e-6, max_iter=300, stop_mode="abs")
+    assert_same_solve(a, b)
+    assert a[1].converged.all()

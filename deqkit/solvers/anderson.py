@@ -70,6 +70,12 @@ class _Window:
         self.gs = z0.new_zeros(batch, m, dim)
         self.m, self.count, self.guard = m, 0, guard
 
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep the samples at positions ``keep`` only."""
+        self.xs, self.gs = self.xs.index_select(0, keep), self.gs.index_select(0, keep)
+        if self.guard is not None:
+            self.guard.select(keep)
+
     def push(self, z: torch.Tensor, g: torch.Tensor) -> int:
         """Store (z, g) over the oldest entry; returns how many entries are filled."""
         slot = self.count % self.m

@@ -128,7 +128,8 @@ COMPACT_BELOW = 0.75
 # Matrix products over fewer rows than this round differently (MKL switches kernels below 4 rows), so
 # a smaller set of running samples is padded with stopped ones to keep results bit-identical.
 MIN_ROWS = 4
-FIXED_COUNT_CHUNK = 8  # fixed-count solves turn their iterates into residuals this many steps at a time
+FIXED_COUNT_CHUNK = 32  # fixed-count solves turn their iterates into residuals this many steps at a time
+CHUNK_BYTES = 2**19  # iterates kept between flushes: small enough to stay in cache
 
 
 class Solver:
@@ -172,7 +173,7 @@ class Solver:
         """Exactly ``max_iter`` steps with no data-dependent control flow (so torch.compile traces it whole).
 
         Solvers that do not read the residual (plain iteration) compute no per-step residual: the iterates
-        are kept ``FIXED_COUNT_CHUNK`` at a time and turned into trace entries with one batched op per chunk.
+        are kept up to ``FIXED_COUNT_CHUNK`` at a time and turned into trace entries with one batched op per chunk.
         """
         state, z = self._start(z0), z0
         residuals: list[torch.Tensor] = []
@@ -189,13 +190,15 @@ class Solver:
             if norms:
                 trace = trace / (torch.stack(norms).detach() + _EPS)
             return z, fixed_count_info(trace, z)
+        # Keep at most CHUNK_BYTES of iterates between flushes (and at most FIXED_COUNT_CHUNK steps).
+        chunk = max(1, min(FIXED_COUNT_CHUNK, CHUNK_BYTES // max(1, z0.numel() * z0.element_size())))
         zs: list[torch.Tensor] = []
         fzs: list[torch.Tensor] = []
         for step in range(max_iter):
             fz = f(z)
             zs.append(z)
             fzs.append(fz)
-            if len(zs) == FIXED_COUNT_CHUNK or step == max_iter - 1:
+            if len(zs) == chunk or step == max_iter - 1:
                 residuals.append(_chunk_residuals(zs, fzs, stop_mode))
                 zs, fzs = [], []
             z = update(state, z, fz, None)
@@ -208,37 +211,64 @@ class Solver:
     ) -> tuple[torch.Tensor, SolveInfo]:
         state, z = self._start(z0), z0
         progress = Progress(z0, tol, stop_mode, self.divergence_ratio)
-        batch = z0.shape[0]
         if is_transformed(z0) or torch.is_grad_enabled():  # no gathering rows under vmap or an unrolled solve
             f_rows = None
-        running = batch
+        # Once enough samples have stopped, the loop works on the running ones only (``rows``, ascending):
+        # f, the solver's update and its state see that subset; Progress keeps the whole batch.
+        rows: torch.Tensor | None = None
+        z_work = z0
         for _ in range(max_iter):
-            fz = None
-            if f_rows is not None and running <= COMPACT_BELOW * batch:
-                # Evaluate only the running samples; stopped ones get f(z) = z (ignored: they are frozen).
-                rows = running_rows(progress.active, running)
-                try:
-                    fz = z.index_copy(0, rows, f_rows(z.index_select(0, rows), rows))
-                except RuntimeError:  # f also closes over per-sample tensors: evaluate the whole batch
-                    f_rows = None
-            if fz is None:
-                fz = f(z)
+            if rows is None:
+                fz_work = f(z_work)
+                z, fz = z_work, fz_work
+            else:
+                z = progress.best_z.index_copy(0, rows, z_work)  # stopped samples sit at their best iterate
+                fz_work = None
+                if f_rows is not None:
+                    try:
+                        fz_work = f_rows(z_work, rows)
+                    except RuntimeError:  # f also closes over per-sample tensors: evaluate the whole batch
+                        f_rows = None
+                if fz_work is None:
+                    fz_work = f(z).index_select(0, rows)
+                fz = z.index_copy(0, rows, fz_work)  # stopped samples get f(z) = z: ignored, they are frozen
             abs_res = progress.observe(z, fz)
             # Under torch.func transforms (vmap, grad) a tensor cannot steer Python control flow: run all
             # max_iter iterations there; stopped samples are frozen either way, so the result is the same.
             if is_transformed(progress.active):
-                f_rows = None
-            else:
-                running = int(progress.active.sum())
-                if running == 0:
-                    break
-            z = progress.next_state(update(state, z, fz, abs_res))
+                z = progress.next_state(update(state, z, fz, abs_res))
+                z_work = z
+                continue
+            running = int(progress.active.sum())
+            if running == 0:
+                break
+            abs_work = abs_res if rows is None else abs_res.index_select(0, rows)
+            step = update(state, z_work, fz_work, abs_work)
+            z = progress.next_state(step if rows is None else z.index_copy(0, rows, step))
+            working = z0.shape[0] if rows is None else rows.numel()
+            if f_rows is not None and running <= COMPACT_BELOW * working and working > MIN_ROWS:
+                keep = keep_positions(progress.active if rows is None else progress.active.index_select(0, rows), running)
+                try:
+                    self._select(state, keep)
+                except NotImplementedError:
+                    f_rows = None
+                else:
+                    rows = keep if rows is None else rows.index_select(0, keep)
+            z_work = z if rows is None else z.index_select(0, rows)
         return progress.result()
 
+    def _select(self, state: object, keep: torch.Tensor) -> None:
+        """Keep only the samples ``keep`` (positions, ascending) of the per-solve state (in place)."""
+        if state is not None:
+            select = getattr(state, "select", None)
+            if select is None:
+                raise NotImplementedError
+            select(keep)
 
-def running_rows(active: torch.Tensor, running: int) -> torch.Tensor:
-    """Indices of the running samples (ascending), padded with stopped ones up to ``MIN_ROWS``."""
-    if running >= MIN_ROWS or running == active.shape[0]:
+
+def keep_positions(active: torch.Tensor, running: int) -> torch.Tensor:
+    """Positions of the running samples in ``active`` (ascending), padded with stopped ones up to ``MIN_ROWS``."""
+    if running >= MIN_ROWS:
         return active.nonzero().squeeze(1)
     pad = (~active).nonzero().squeeze(1)[: MIN_ROWS - running]
     return torch.cat([active.nonzero().squeeze(1), pad]).sort().values
@@ -256,7 +286,13 @@ def _without_autocast(update):
 
 def _chunk_residuals(zs: list[torch.Tensor], fzs: list[torch.Tensor], stop_mode: StopMode) -> torch.Tensor:
     """Trace rows [c, B] of c steps from their iterates and images: ‖f(z) − z‖ (/ ‖f(z)‖ in rel mode)."""
-    z, fz = torch.stack(zs).detach(), torch.stack(fzs).detach()
+    if all(a is b for a, b in zip(fzs[:-1], zs[1:])):  # plain iteration: each f(z) is the next z
+        seq = torch.stack([*zs, fzs[-1]])
+        z, fz = seq[:-1], seq[1:]
+    else:
+        z, fz = torch.stack(zs), torch.stack(fzs)
+    if fz.requires_grad:  # an unrolled solve: the trace is a record, not part of the graph
+        z, fz = z.detach(), fz.detach()
     res = torch.linalg.vector_norm(fz - z, dim=2)
     return res / (torch.linalg.vector_norm(fz, dim=2) + _EPS) if stop_mode == "rel" else res
 

@@ -97,6 +97,14 @@ class _Memory:
         self.vs = write_slot(self.vs, slot, v)
         self.count += 1
 
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep the samples at positions ``keep`` only."""
+        self.us, self.vs = self.us.index_select(0, keep), self.vs.index_select(0, keep)
+        if self.prev_z is not None:
+            self.prev_z, self.prev_g = self.prev_z.index_select(0, keep), self.prev_g.index_select(0, keep)
+        if self.guard is not None:
+            self.guard.select(keep)
+
     def forget(self, samples: torch.Tensor) -> None:
         """Reset the memory of the given samples [B] to the identity guess."""
         keep = (~samples).to(self.us.dtype)[:, None, None]

@@ -37,6 +37,12 @@ class Safeguard:
         self.forced = reject
         return reject
 
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep the samples at positions ``keep`` only."""
+        if self.res is not None:
+            self.z, self.g = self.z.index_select(0, keep), self.g.index_select(0, keep)
+            self.res, self.forced = self.res.index_select(0, keep), self.forced.index_select(0, keep)
+
     def fallback(self, beta: float) -> torch.Tensor:
         """The plain (damped) step from each sample's accepted point."""
         return self.z + beta * self.g
