@@ -90,6 +90,7 @@ class SetPredictionConfig:
     inner_lr: float = 1.0  # DSPN's inner step size (the inner objective averages over entries, as iDSPN's)
     inner_reg: float = 0.1  # weight of ½‖Y − Y0‖² in the inner objective (iDSPN with a learned start: 0.1)
     inner_momentum: float = 0.0  # Nesterov momentum of the inner steps (iDSPN's default: 0.9)
+    share_encoder: bool = False  # random sets: one encoder for the input and the inner objective (DSPN)
     pool: Literal["fspool", "sum"] = "fspool"
 
     def __post_init__(self) -> None:
@@ -133,7 +134,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke_sets": {"train": _SMOKE_TRAIN, "task": "random_sets", "decoder": "dspn", "latent": 16, "set_hidden": 16,
                    "iters": 3, "sets": {"set_size": 4, "dim": 2, "val_size": 16, "test_size": 16}},
     # CPU presets (one core each): numbers in docs/set_prediction.md
-    "cpu": {"train": {**_CPU_TRAIN, "steps": 4500}, "iters": 5, "test_iters": 10},
+    "cpu": {"train": {**_CPU_TRAIN, "steps": 8000, "eval_every": 1000, "ckpt_every": 2000}, "test_iters": 10},
     "cpu_dspn": {"train": _CPU_TRAIN, "decoder": "dspn", "iters": 10},
     "cpu_sets_4x2": {"train": {**_CPU_TRAIN, "batch_size": 64}, "task": "random_sets", "decoder": "dspn", "iters": 10,
                      "sets": {"set_size": 4, "dim": 2}},
@@ -214,7 +215,7 @@ def build_model(cfg: SetPredictionConfig) -> torch.nn.Module:
     if cfg.task == "random_sets":
         return SetAutoencoder(cfg.sets.set_size, cfg.sets.dim, cfg.set_hidden, cfg.latent, cfg.iters,
                               inner_lr=cfg.inner_lr, inner_reg=cfg.inner_reg, inner_momentum=cfg.inner_momentum, pool=cfg.pool,
-                              **common)
+                              share_encoder=cfg.share_encoder, **common)
     encoder = dict(encoder_layers=cfg.encoder_layers, encoder_kernel=cfg.encoder_kernel,
                    encoder_downsample=cfg.encoder_downsample)
     if cfg.decoder == "dspn":

@@ -91,16 +91,19 @@ class DSPNPropertyPredictor(_FixedPointIters):
 
 
 class SetAutoencoder(_FixedPointIters):
-    """Random set autoencoding as in iDSPN: ``z = enc_in(X)``, then DSPN decodes Y with ``enc(Y) ≈ z``
-    (two FSPool encoders: one for the input, one inside the inner objective)."""
+    """Random set autoencoding: ``z = enc_in(X)``, then DSPN decodes Y with ``enc(Y) ≈ z``. iDSPN's code
+    uses two FSPool encoders (one for the input, one inside the inner objective); ``share_encoder=True``
+    uses one for both as DSPN's autoencoders do, which makes Y = X a minimiser of the inner objective."""
 
     def __init__(self, set_size: int, dim: int, hidden: int, latent: int, iters: int, *, test_iters: int | None = None,
                  inner_lr: float = 1.0, inner_reg: float = 0.1, inner_momentum: float = 0.0, pool: str = "fspool",
-                 solver: str = "iteration", backward: str = "neumann", tol: float | None = None):
+                 solver: str = "iteration", backward: str = "neumann", tol: float | None = None,
+                 share_encoder: bool = False):
         super().__init__()
         self.iters, self.test_iters = iters, test_iters
-        self.encoder = SetEncoder(dim, set_size, hidden, latent)
-        self.dspn = DSPN(SetEncoder(dim, set_size, hidden, latent, pool=pool), set_size, dim, iters=iters,
+        self.encoder = SetEncoder(dim, set_size, hidden, latent, pool=pool)
+        inner = self.encoder if share_encoder else SetEncoder(dim, set_size, hidden, latent, pool=pool)
+        self.dspn = DSPN(inner, set_size, dim, iters=iters,
                          lr=inner_lr, reg=inner_reg, momentum=inner_momentum, solver=solver, backward=backward, tol=tol)
 
     def forward(self, x: torch.Tensor) -> dict[str, Any]:
