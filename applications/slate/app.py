@@ -126,10 +126,10 @@ def loss(model: Slate, batch: Batch, cfg: SlateConfig) -> tuple[torch.Tensor, di
     return slate_loss(model, model(batch["image"]), batch["image"])
 
 
-def slot_masks(attn: torch.Tensor, size: int) -> torch.Tensor:
-    """Slot attention ``[B,K,T]`` over the token grid -> masks ``[B,K,size,size]`` (nearest upsampling)."""
-    side = int(attn.shape[-1] ** 0.5)
-    return F.interpolate(attn.unflatten(-1, (side, side)), size=(size, size), mode="nearest")
+def slot_masks(masks: torch.Tensor, size: int) -> torch.Tensor:
+    """Slot masks ``[B,K,T]`` over the token grid -> ``[B,K,size,size]`` (nearest upsampling)."""
+    side = int(masks.shape[-1] ** 0.5)
+    return F.interpolate(masks.unflatten(-1, (side, side)), size=(size, size), mode="nearest")
 
 
 def metrics(model: Slate, batch: Batch, cfg: SlateConfig) -> dict[str, torch.Tensor]:
@@ -142,7 +142,7 @@ def metrics(model: Slate, batch: Batch, cfg: SlateConfig) -> dict[str, torch.Ten
     if cfg.eval_generate:
         result["mse"] = (model.reconstruct(out["slots"]).float() - image).square().flatten(1).sum(1)
     if "mask" in batch:
-        masks = slot_masks(out["attn"].float(), image.shape[-1])
+        masks = slot_masks(out["masks"].float(), image.shape[-1])
         result |= {"fg_ari": fg_ari(batch["mask"], masks), "miou": matched_miou(batch["mask"], masks)}
     return result
 
@@ -151,7 +151,7 @@ def visualize(model: Slate, batch: Batch, cfg: SlateConfig, path: Path) -> None:
     """Input | dVAE reconstruction | slot reconstruction | each slot's attention mask (grey)."""
     image = batch["image"][:8]
     out = model(image)
-    masks = slot_masks(out["attn"].float(), image.shape[-1])
+    masks = slot_masks(out["masks"].float(), image.shape[-1])
     save_slot_grid(path, image, out["dvae"]["recon"].float(), masks, recon_title="dVAE",
                    extra=[("slots", model.reconstruct(out["slots"]).float())])
 
