@@ -256,3 +256,14 @@ def test_implicit_gradient_of_a_converged_slot_attention_matches_the_dense_oracl
     expected = torch.autograd.grad(f(z), params, u.reshape_as(z))
     for got, want in zip(grads, expected):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
+
+
+def test_slot_masks_are_the_softmax_over_slots_of_the_attention():
+    torch.manual_seed(0)
+    sa = SlotAttention(4, 8, slot_dim=8, mlp_hidden=8, iters=2)
+    inputs = torch.randn(2, 10, 8)
+    slots, attn, _ = sa(inputs)
+    masks = sa.masks(inputs, slots)
+    torch.testing.assert_close(masks.sum(1), torch.ones(2, 10))
+    # the attention used by the update is the same weights renormalised over the inputs (up to eps)
+    torch.testing.assert_close(masks / masks.sum(-1, keepdim=True), attn, atol=1e-6, rtol=1e-5)

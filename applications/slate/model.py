@@ -19,7 +19,8 @@ from deqkit.nn import DiscreteVAE, ImageGPT, SlotAttention, cosine_anneal
 
 class Slate(nn.Module):
     """``forward(image [B,3,H,W])`` returns ``dvae`` (the dVAE's outputs: ``tokens [B,h,w]``, ``recon``),
-    ``logits [B,T,V]`` of the tokens given the slots, ``slots [B,K,S]``, ``attn [B,K,T]`` and ``info``.
+    ``logits [B,T,V]`` of the tokens given the slots, ``slots [B,K,S]``, ``attn [B,K,T]`` (rows sum to 1),
+    ``masks [B,K,T]`` (softmax over slots: each token's share per slot, SLATE's attention maps) and ``info``.
 
     The Gumbel temperature follows ``cosine_anneal`` of the training-step counter ``step`` (a buffer, so it
     is checkpointed), which :func:`slate_loss` advances in training mode.
@@ -51,9 +52,11 @@ class Slate(nn.Module):
         dvae = self.dvae(image, self.tau())
         tokens = dvae["tokens"].flatten(1).detach()  # no gradient from the transformer into the dVAE
         embedded = self.gpt.embed(tokens)  # [B,1+T,D]
-        slots, attn, info = self.slot_attention(self.slot_input(embedded[:, 1:]))
+        inputs = self.slot_input(embedded[:, 1:])
+        slots, attn, info = self.slot_attention(inputs)
         logits = self.gpt(tokens, self.slot_proj(slots), embedded=embedded)
-        return {"dvae": dvae, "tokens": tokens, "logits": logits, "slots": slots, "attn": attn, "info": info}
+        return {"dvae": dvae, "tokens": tokens, "logits": logits, "slots": slots, "attn": attn, "info": info,
+                "masks": self.slot_attention.masks(inputs, slots.detach())}
 
     @torch.no_grad()
     def reconstruct(self, slots: torch.Tensor, use_cache: bool = True) -> torch.Tensor:

@@ -38,10 +38,13 @@ class SlotAttentionStep(nn.Module):
         self.norm_mlp = nn.LayerNorm(slot_dim)
         self.mlp = nn.Sequential(nn.Linear(slot_dim, mlp_hidden), nn.ReLU(), nn.Linear(mlp_hidden, slot_dim))
 
-    def attention(self, slots: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """Attention weights ``[B,K,N]``: softmax over slots, then normalised over inputs (rows sum to 1)."""
+    def attention(self, slots: torch.Tensor, k: torch.Tensor, over_inputs: bool = True) -> torch.Tensor:
+        """Attention weights ``[B,K,N]``: softmax over slots, then normalised over inputs (rows sum to 1);
+        with ``over_inputs=False`` only the softmax over slots (columns sum to 1: each input's share per slot)."""
         q = self.to_q(self.norm_slots(slots))
         logits = torch.einsum("bkd,bnd->bkn", q, k) * self.scale
+        if not over_inputs:
+            return logits.softmax(dim=1)
         attn = logits.softmax(dim=1) + self.eps
         return attn / attn.sum(dim=-1, keepdim=True)
 
@@ -97,6 +100,11 @@ class SlotAttention(nn.Module):
             return self.queries.expand(batch, -1, -1)
         noise = torch.randn(batch, self.num_slots, self.slot_dim, device=self.mu.device, dtype=self.mu.dtype)
         return self.mu + self.log_sigma.exp() * noise
+
+    def masks(self, inputs: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """``[B,K,N]``: how the inputs ``[B,N,D]`` are shared among ``slots`` (softmax over slots, columns sum
+        to 1), the attention masks SLATE shows and scores."""
+        return self.step.attention(slots, self.to_k(self.norm_inputs(inputs)), over_inputs=False)
 
     def forward(self, inputs: torch.Tensor, slots: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, SolveInfo]:
