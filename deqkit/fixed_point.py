@@ -104,7 +104,8 @@ def row_map(step: Callable[..., State], inputs: tuple, spec: StateSpec) -> Calla
         if cached is None or cached.shape != rows.shape or not torch.equal(cached, rows):
             cache["rows"], cache["inputs"] = rows, tree_map(lambda x: take(x, rows), inputs)
         sub = replace(spec, batch=rows.numel())
-        return sub.flatten(step(sub.unflatten(z_rows), *cache["inputs"]))
+        out = sub.flatten(step(sub.unflatten(z_rows), *cache["inputs"]))
+        return out if out.dtype == z_rows.dtype else out.to(z_rows.dtype)  # e.g. bf16 out of autocast
 
     return f_rows
 
@@ -121,9 +122,11 @@ class FixedPointRecord:
 class FixedPoint(nn.Module):
     """Wrap an iterative step ``step(z, *inputs) -> z`` as a fixed-point layer.
 
-    ``forward(z0, *inputs)`` returns ``(z, info)``. ``solver`` and ``backward`` may be changed between
-    calls (e.g. to compare the Neumann and IFT gradients of a trained model). ``last`` keeps the latest
-    fixed point and inputs so diagnostics can look at the step's Jacobian there: ``closure(*last.inputs)``.
+    ``forward(z0, *inputs)`` returns ``(z, info)``. The inputs are passed to ``fixed_point(..., inputs=...)``:
+    per-sample tensors (batch first) go there rather than into the step's closure, so converged samples
+    can stop costing evaluations. ``solver`` and ``backward`` may be changed between calls (e.g. to
+    compare the Neumann and IFT gradients of a trained model). ``last`` keeps the latest fixed point and
+    inputs so diagnostics can look at the step's Jacobian there: ``closure(*last.inputs)``.
     """
 
     def __init__(

@@ -82,6 +82,7 @@ def test_compaction_with_pytree_state_and_inputs_is_bit_identical():
 def test_fixed_point_module_passes_inputs_and_falls_back_when_the_step_closes_over_samples():
     step, z0, x, rows = mixed_problem(batch=12)
     layer = deqkit.FixedPoint(step, solver="anderson", tol=1e-6, max_iter=200, stop_mode="abs")
+    rows.clear()
     with torch.no_grad():
         z, info = layer(z0, x)
     assert min(rows) < 12  # compacted
@@ -184,3 +185,13 @@ def test_a_custom_solver_without_a_selectable_state_is_not_compacted_but_still_r
         b = deqkit.fixed_point(lambda z: step(z, x), z0, solver=Halfway(), tol=1e-6, max_iter=300, stop_mode="abs")
     assert_same_solve(a, b)
     assert a[1].converged.all()
+
+
+def test_compaction_under_bf16_autocast_still_evaluates_subsets():
+    step, z0, x, rows = mixed_problem(batch=12)
+    rows.clear()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        z, info = deqkit.fixed_point(step, z0, inputs=(x,), solver="anderson", tol=1e-2, max_iter=100)
+    assert info.converged.all() and z.dtype == torch.float32
+    first_subset = next(i for i, n in enumerate(rows) if n < 12)
+    assert max(rows[first_subset:]) < 12  # bf16 step outputs are cast back: no fall-back to whole batches

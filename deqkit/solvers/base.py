@@ -122,8 +122,8 @@ class Progress:
         return self.best_z, info
 
 
-# Evaluate f only on the running samples once at most this fraction of the batch is still running;
-# above it, gathering and scattering rows costs more than the evaluations it saves.
+# Shrink the solve to the running samples once at most this fraction of its rows is still running;
+# above it, gathering and scattering rows costs more than the work it saves.
 COMPACT_BELOW = 0.75
 # Matrix products over fewer rows than this round differently (MKL switches kernels below 4 rows), so
 # a smaller set of running samples is padded with stopped ones to keep results bit-identical.
@@ -161,7 +161,8 @@ class Solver:
         f_rows: RowMap | None = None,
     ) -> tuple[torch.Tensor, SolveInfo]:
         """Solve from ``z0`` [B, D]. ``f_rows(z_sub, rows)``, when given, evaluates f on the samples ``rows``
-        only (``z_sub = z[rows]``); the solver then stops evaluating samples that have stopped."""
+        only (``z_sub = z[rows]``); the solve then shrinks to the running samples once enough have stopped
+        (f, the update and the solver's state; the state needs a ``select(positions)`` method)."""
         update = self._update
         if torch.is_autocast_enabled(z0.device.type):  # f may run in bf16; the solver's algebra must not
             update = _without_autocast(update)
