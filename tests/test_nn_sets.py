@@ -64,6 +64,19 @@ def test_step_is_gradient_descent_on_the_inner_objective_in_and_out_of_grad_mode
     torch.testing.assert_close(got, want)
 
 
+def test_step_under_no_grad_accepts_a_state_that_requires_grad():
+    """A view taken under no_grad of a state that requires grad reports requires_grad but has no graph;
+    the step must still differentiate the encoder from a fresh leaf (a solver may hand it such a state)."""
+    torch.manual_seed(0)
+    enc, z = _LinearSum(3, 4), torch.randn(2, 4)
+    flat = torch.randn(2, 15, requires_grad=True)
+    step = DSPNStep(enc, lr=0.1)
+    with torch.no_grad():
+        out = step(flat.reshape(2, 5, 3), z)
+        expected = step(flat.detach().reshape(2, 5, 3), z)
+    torch.testing.assert_close(out, expected)
+
+
 def test_unrolled_dspn_is_the_loop_and_every_estimator_trains():
     torch.manual_seed(0)
     enc = SetEncoder(2, 4, 8, 6)

@@ -56,7 +56,9 @@ def inner_gradient(encoder: nn.Module, y: torch.Tensor, z: torch.Tensor, y0: tor
         return torch.func.grad(lambda y_: inner_objective(encoder, y_, z, y0, reg))(y)
     record = torch.is_grad_enabled()
     with torch.enable_grad():
-        y_in = y if y.requires_grad else y.detach().requires_grad_()
+        # without a graph to record, always differentiate from a fresh leaf: a view of a state that requires
+        # grad, taken under no_grad, reports requires_grad but is not connected to anything
+        y_in = y if record and y.requires_grad else y.detach().requires_grad_()
         (grad,) = torch.autograd.grad(inner_objective(encoder, y_in, z, y0, reg), y_in, create_graph=record)
     return grad
 
