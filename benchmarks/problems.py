@@ -11,7 +11,7 @@ Add a problem with the ``@problem`` decorator; ``quick=True`` asks for a small v
         ...
         return Problem("my_problem", step, z0, inputs, "what it is")
 
-The SLATE and DSPN inner problems can be added the same way once their applications land.
+The SLATE and DSPN inner problems are registered below at initialisation (seeded), like ``slot_attention_init``.
 """
 
 from __future__ import annotations
@@ -141,6 +141,72 @@ def _slot_attention(trained: bool, quick: bool) -> Problem:
 
 problem("slot_attention_init")(lambda quick: _slot_attention(False, quick))
 problem("slot_attention_trained")(lambda quick: _slot_attention(True, quick))
+
+
+# ------------------------------------------------------------------------------- SLATE and DSPN inner loops
+
+
+def _flat(step_module: torch.nn.Module, shape: tuple[int, ...]) -> Callable[..., torch.Tensor]:
+    """``step_module`` on states ``[B, *shape]`` as a step on flat states ``[B, prod(shape)]``."""
+
+    def step(z: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        return step_module(z.reshape(z.shape[0], *shape), *inputs).reshape(z.shape[0], -1)
+
+    for p in step_module.parameters():
+        p.requires_grad_(False)
+    return step
+
+
+@problem("slate_slot_attention_init")
+def slate_slot_attention_init(quick: bool) -> Problem:
+    """SLATE's slot update (cpu preset model at initialisation, seed 0) over the dVAE tokens of test scenes."""
+    from applications.slate.app import APP, PRESETS
+    from deqkit.data import SceneDataset
+    from deqkit.train.config import resolve_config
+
+    config = resolve_config(APP.config_type, overrides=PRESETS["cpu"])
+    torch.manual_seed(0)
+    model = APP.build_model(config).eval()
+    batch = 8 if quick else 32
+    data = SceneDataset(config.data, "test")
+    images = torch.stack([data[i]["image"] for i in range(batch)])
+    sa = model.slot_attention
+    with torch.no_grad():
+        tokens = model.dvae(images, model.tau())["tokens"].flatten(1)
+        features = sa.norm_inputs(model.slot_input(model.gpt.embed(tokens)[:, 1:]))
+        k, v = sa.to_k(features), sa.to_v(features)
+        z0 = sa.initial_slots(batch).reshape(batch, -1).clone()
+    return Problem("slate_slot_attention_init", _flat(sa.step, (sa.num_slots, sa.slot_dim)), z0, (k, v),
+                   f"SLATE cpu preset slot update at initialisation (seed 0), {batch} test scenes, "
+                   f"K×S = {sa.num_slots}×{sa.slot_dim}, N = {k.shape[1]} tokens, z0 = Gaussian slots (seed 0)")
+
+
+@problem("dspn_sets_8x8_init")
+def dspn_sets_8x8_init(quick: bool) -> Problem:
+    """DSPN's inner gradient descent on ½‖enc(Y) − z‖² (set_prediction cpu_sets_8x8 model at init, seed 0).
+
+    Each evaluation of the step differentiates the set encoder (``torch.autograd.grad``), so this checks that
+    every solver handles a step that runs autograd itself.
+    """
+    from applications.set_prediction.app import APP, PRESETS
+    from deqkit.train.config import resolve_config
+
+    config = resolve_config(APP.config_type, overrides=PRESETS["cpu_sets_8x8"])
+    torch.manual_seed(0)
+    model = APP.build_model(config).eval()
+    batch = 8 if quick else 64
+    dspn = model.dspn
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(batch, dspn.set_size, dspn.element_dim, generator=gen)
+    with torch.no_grad():
+        z = model.encoder(x)
+        y0 = dspn.start(batch, z).contiguous()
+    shape = (dspn.set_size, dspn.element_dim)
+    if dspn.step.momentum:
+        raise SystemExit("dspn_sets_8x8_init expects a plain gradient step (inner_momentum=0)")
+    return Problem("dspn_sets_8x8_init", _flat(dspn.step, shape), y0.reshape(batch, -1).clone(), (z, y0),
+                   f"DSPN inner descent (lr {dspn.step.lr}), set encoder at initialisation, {batch} random "
+                   f"sets of {shape[0]}×{shape[1]}, z = enc(X), Y0 = the learned start")
 
 
 # ------------------------------------------------------------------------------------------ Sinkhorn

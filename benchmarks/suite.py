@@ -160,7 +160,8 @@ def compaction(quick: bool, repeats: int) -> list[dict]:
 QUICK_PROBLEMS = ["tanh_gaussian_0.9", "sinkhorn_log"]
 
 
-def run(quick: bool, names: list[str] | None = None) -> dict:
+def run(quick: bool, names: list[str] | None = None, extras: bool = True) -> dict:
+    """Solver rows for ``names`` (default: all problems); ``extras`` adds the compaction and loop-overhead runs."""
     torch.set_num_threads(1)
     max_iter, repeats = (40, 1) if quick else (200, 5)
     problems = build(names or (QUICK_PROBLEMS if quick else None), quick)
@@ -172,8 +173,9 @@ def run(quick: bool, names: list[str] | None = None) -> dict:
 
     return {"config": {"quick": quick, "max_iter": max_iter, "repeats": repeats, "tols": TOLS, "stop_mode": "rel",
                        "problems": {p.name: p.description for p in problems}},
-            "rows": rows, "verdicts": verdicts(rows), "compaction": compaction(quick, 3 if quick else 9),
-            "loop_overhead": loop_overhead(64, 256, 10 if quick else 30, 3 if quick else 21)}
+            "rows": rows, "verdicts": verdicts(rows),
+            "compaction": compaction(quick, 3 if quick else 9) if extras else [],
+            "loop_overhead": loop_overhead(64, 256, 10 if quick else 30, 3 if quick else 21) if extras else []}
 
 
 def report(results: dict) -> None:
@@ -194,8 +196,11 @@ def report(results: dict) -> None:
 
 
 def main() -> None:
-    args = parser(__doc__, RESULTS / "suite.json").parse_args()
-    results = run(args.quick)
+    p = parser(__doc__, RESULTS / "suite.json")
+    p.add_argument("--problems", help="comma-separated problem names (then no compaction/loop-overhead runs)")
+    args = p.parse_args()
+    names = args.problems.split(",") if args.problems else None
+    results = run(args.quick, names, extras=names is None)
     report(results)
     write_json(args.json, "suite", results.pop("config"), results)
 
