@@ -7,7 +7,8 @@ the forward-mode Jacobian against a reverse-mode one. Writes a rich table, a JSO
 picture. ``--screening DIR...`` instead summarises short screening runs of the VAE into one JSON record.
 
 Run from the repository root:
-``PYTHONPATH=. python benchmarks/interaction_asymmetry.py --runs ia=runs/ia implicit=runs/sa-implicit vanilla=runs/sa-vanilla``
+``PYTHONPATH=. python benchmarks/interaction_asymmetry.py --runs ia=runs/ia implicit=runs/sa-implicit
+vanilla=runs/sa-vanilla``
 """
 
 from __future__ import annotations

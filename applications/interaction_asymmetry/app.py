@@ -26,8 +26,9 @@ class InteractionAsymmetryConfig:
     Loss per image, divided by the number of pixels P: ``sigma * SSE + beta * KL + alpha * P * R``, i.e.
     ``sigma`` times the squared error summed over channels and averaged over pixels, plus ``beta`` times the
     KL (summed over slots and latent dimensions) per pixel, plus ``alpha`` times ``R`` (mean over pixels of
-    ``sum_{i<j} A_i A_j``). Defaults: the paper's sprites values as quoted in the issue, ``sigma=5, alpha=beta=0.05``. ``alpha`` ramps
-    linearly from 0 over ``alpha_ramp`` steps after ``alpha_start``; ``beta`` over ``beta_warmup`` steps.
+    ``sum_{i<j} A_i A_j``). Defaults: the paper's sprites values as quoted in the issue, ``sigma=5,
+    alpha=beta=0.05``. ``alpha`` ramps linearly from 0 over ``alpha_ramp`` steps after ``alpha_start``; ``beta``
+    over ``beta_warmup`` steps.
     """
 
     train: TrainConfig = field(default_factory=TrainConfig)
