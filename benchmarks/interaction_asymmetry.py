@@ -7,7 +7,8 @@ the forward-mode Jacobian against a reverse-mode one. Writes a rich table, a JSO
 picture. ``--screening DIR...`` instead summarises short screening runs of the VAE into one JSON record.
 
 Run from the repository root:
-``PYTHONPATH=. python benchmarks/interaction_asymmetry.py --runs ia=runs/ia implicit=runs/sa-implicit vanilla=runs/sa-vanilla``
+``PYTHONPATH=. python benchmarks/interaction_asymmetry.py --runs ia=runs/ia implicit=runs/sa-implicit
+vanilla=runs/sa-vanilla``
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def score(restored: Any, data: Any, images: int, jacobian_images: int, batch: in
     reverse_s = time.perf_counter() - started
     reverse_norms = reverse[0, ..., 0, :, :].square().sum((0, -1)).sqrt().permute(2, 0, 1)  # [K,H,W]
     agree = torch.allclose(reverse_norms, norms[0], rtol=1e-3, atol=1e-5)
+    difference = (reverse_norms - norms[0]).abs().max().item()
     fg, mse = torch.cat(fg), torch.cat(mse)
     return {
         "fg_ari": fg.mean().item(), "fg_ari_std": fg.std().item(), "mse": mse.mean().item(),
@@ -88,7 +90,7 @@ def score(restored: Any, data: Any, images: int, jacobian_images: int, batch: in
         "jis_foreground": jacobian_interaction_score(norms, b["mask"] != 0).mean().item(),
         "images": images, "jacobian_images": jacobian_images, "latent_directions": latents.shape[1] * latents.shape[2],
         "jacobian_forward_s_per_image": forward_s, "jacobian_reverse_s_per_image": reverse_s,
-        "reverse_mode_agrees": bool(agree),
+        "reverse_mode_agrees": bool(agree), "reverse_mode_max_abs_difference": difference,
         "_pictures": (b, out, norms),
     }
 
