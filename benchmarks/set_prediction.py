@@ -50,7 +50,7 @@ def _label(config: dict[str, Any]) -> str:
     task = config["task"]
     name = (f"sets {config['sets']['set_size']}x{config['sets']['dim']}" if task == "random_sets"
             else f"properties {config['decoder']}")
-    return f"{name} {config['backward']} seed{config['train']['seed']}"
+    return f"{name} {config['backward']} {config['train']['steps']} steps seed{config['train']['seed']}"
 
 
 def curves(runs: list[Path]) -> dict[str, Any]:

@@ -138,8 +138,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu_dspn": {"train": _CPU_TRAIN, "decoder": "dspn", "iters": 10},
     "cpu_sets_4x2": {"train": {**_CPU_TRAIN, "batch_size": 64}, "task": "random_sets", "decoder": "dspn", "iters": 10,
                      "sets": {"set_size": 4, "dim": 2}},
+    # one encoder for input and inner objective (DSPN's layout): test ratio 0.29 vs 0.48 with iDSPN's two
     "cpu_sets_8x8": {"train": {**_CPU_TRAIN, "batch_size": 64}, "task": "random_sets", "decoder": "dspn", "iters": 10,
-                     "sets": {"set_size": 8, "dim": 8}},
+                     "sets": {"set_size": 8, "dim": 8}, "share_encoder": True},
     # Locatello et al. 2020, google-research/slot_attention set_prediction/train.py and model.py: 128 px CLEVR,
     # 10 slots, 3 iterations, batch 512, lr 4e-4, 1000 warm-up steps, 150k steps (their lr halves every 100k
     # steps; ours decays with a cosine), a 4-layer 5x5 64-channel CNN with two stride-2 layers.
