@@ -95,6 +95,18 @@ def test_unknown_set_key_and_bad_value_fail_at_once(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_bare_name_skips_a_folder_of_that_name_that_is_no_application(tmp_path, monkeypatch):
+    """`deqkit train toy_deq --out toy_deq` leaves a run folder named like the application; the next
+    `deqkit train toy_deq` in that directory must still find the application, and a path (not a bare name)
+    to a folder that is no application is refused in one line."""
+    from deqkit.train.application import find_application_dir
+
+    (tmp_path / "toy_deq").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert find_application_dir("toy_deq") == Path(TOY).resolve()
+    one_line_error(invoke("train", "./toy_deq"), 2, "./toy_deq is not an application folder")
+
+
 def test_eval_prints_metrics_as_json_and_table(run):
     result = invoke("eval", run / "checkpoints" / "last.safetensors", "--json")
     assert result.exit_code == 0, result.output

@@ -118,14 +118,15 @@ def find_application_dir(spec: str | os.PathLike) -> Path:
     path = Path(spec)
     if path.is_file() and path.suffix == ".py":
         path = path.parent
-    if path.exists():
-        if not _is_app_dir(path):
-            raise ApplicationError(f"{spec} is not an application folder (no app.py or __init__.py)")
+    if _is_app_dir(path):
         return path.resolve()
-    if os.sep not in str(spec) and "/" not in str(spec):
+    bare = os.sep not in str(spec) and "/" not in str(spec)
+    if bare:  # a bare name: a folder of that name here that is no application (e.g. a run directory) is skipped
         for root in search_roots():
             if _is_app_dir(root / str(spec)):
                 return (root / str(spec)).resolve()
+    if path.exists():
+        raise ApplicationError(f"{spec} is not an application folder (no app.py or __init__.py)")
     names = ", ".join(sorted({p.name for p, _ in discover()})) or "none found"
     raise ApplicationError(f"no application '{spec}' (not a folder, and not a name under "
                            f"applications/ or examples/); known applications: {names}")
