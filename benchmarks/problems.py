@@ -101,53 +101,11 @@ for _kind in ("gaussian", "orthogonal"):
         problem(f"tanh_{_kind}_{_norm}")(_tanh(_kind, _norm))
 
 
-# ------------------------------------------------------------------------------------- slot attention
-
-
-def _slot_attention(trained: bool, quick: bool) -> Problem:
-    """The slot update of the cpu preset's model on test scenes: z = slots [B, K·S], inputs = keys, values."""
-    from applications.slot_attention.app import APP, PRESETS  # benchmarks are clients: they may import apps
-    from deqkit.data import SceneDataset
-    from deqkit.train.config import resolve_config
-    from deqkit.train.restore import restore
-
-    if trained:
-        model, config = (r := restore(TRAINED_SLOT_ATTENTION)).model, r.config
-    else:
-        config = resolve_config(APP.config_type, overrides=PRESETS["cpu"])
-        torch.manual_seed(0)
-        model = APP.build_model(config).eval()
-    batch = 8 if quick else 32
-    data = SceneDataset(config.data, "test")
-    images = torch.stack([data[i]["image"] for i in range(batch)])
-    sa = model.slot_attention
-    with torch.no_grad():
-        features = sa.norm_inputs(model.encoder(images))
-        k, v = sa.to_k(features), sa.to_v(features)
-        z0 = sa.initial_slots(batch).reshape(batch, -1).clone()
-    slot_shape = (sa.num_slots, sa.slot_dim)
-    step_module = sa.step
-
-    def step(z: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return step_module(z.reshape(z.shape[0], *slot_shape), k, v).reshape(z.shape[0], -1)
-
-    for p in step_module.parameters():
-        p.requires_grad_(False)
-    state = "trained 2000 steps (benchmarks/data)" if trained else "at initialisation (seed 0)"
-    return Problem(f"slot_attention_{'trained' if trained else 'init'}", step, z0, (k, v),
-                   f"slot update of the cpu preset model {state}, {batch} test scenes, "
-                   f"K×S = {slot_shape[0]}×{slot_shape[1]}, N = {k.shape[1]} inputs, z0 = learned queries")
-
-
-problem("slot_attention_init")(lambda quick: _slot_attention(False, quick))
-problem("slot_attention_trained")(lambda quick: _slot_attention(True, quick))
-
-
-# ------------------------------------------------------------------------------- SLATE and DSPN inner loops
+# ---------------------------------------------------------------------------- slot attention and SLATE
 
 
 def _flat(step_module: torch.nn.Module, shape: tuple[int, ...]) -> Callable[..., torch.Tensor]:
-    """``step_module`` on states ``[B, *shape]`` as a step on flat states ``[B, prod(shape)]``."""
+    """``step_module`` on states ``[B, *shape]`` as a step on flat states ``[B, prod(shape)]`` (frozen weights)."""
 
     def step(z: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
         return step_module(z.reshape(z.shape[0], *shape), *inputs).reshape(z.shape[0], -1)
@@ -157,28 +115,67 @@ def _flat(step_module: torch.nn.Module, shape: tuple[int, ...]) -> Callable[...,
     return step
 
 
+def _test_images(data_config, quick: bool) -> torch.Tensor:
+    """The first 8 (quick) or 32 procedural test scenes, ``[B, 3, H, W]``."""
+    from deqkit.data import SceneDataset
+
+    data = SceneDataset(data_config, "test")
+    return torch.stack([data[i]["image"] for i in range(8 if quick else 32)])
+
+
+def _slot_update(name: str, sa: torch.nn.Module, features: torch.Tensor, what: str) -> Problem:
+    """The slot update of ``sa`` (a ``deqkit.nn.SlotAttention``) over ``features`` [B, N, C]: z = slots
+    [B, K·S], inputs = keys, values, z0 = the module's initial slots."""
+    with torch.no_grad():
+        features = sa.norm_inputs(features)
+        k, v = sa.to_k(features), sa.to_v(features)
+        z0 = sa.initial_slots(k.shape[0]).reshape(k.shape[0], -1).clone()
+    return Problem(name, _flat(sa.step, (sa.num_slots, sa.slot_dim)), z0, (k, v),
+                   f"{what}, {k.shape[0]} test scenes, K×S = {sa.num_slots}×{sa.slot_dim}, N = {k.shape[1]} inputs")
+
+
+def _slot_attention(trained: bool, quick: bool) -> Problem:
+    """The slot update of the slot attention cpu preset's model on test scenes."""
+    from applications.slot_attention.app import APP, PRESETS  # benchmarks are clients: they may import apps
+    from deqkit.train.config import resolve_config
+    from deqkit.train.restore import restore
+
+    if trained:
+        model, config = (r := restore(TRAINED_SLOT_ATTENTION)).model, r.config
+    else:
+        config = resolve_config(APP.config_type, overrides=PRESETS["cpu"])
+        torch.manual_seed(0)
+        model = APP.build_model(config).eval()
+    images = _test_images(config.data, quick)
+    with torch.no_grad():
+        features = model.encoder(images)
+    state = "trained 2000 steps (benchmarks/data)" if trained else "at initialisation (seed 0)"
+    return _slot_update(f"slot_attention_{'trained' if trained else 'init'}", model.slot_attention, features,
+                        f"slot update of the cpu preset model {state}, z0 = learned queries")
+
+
+problem("slot_attention_init")(lambda quick: _slot_attention(False, quick))
+problem("slot_attention_trained")(lambda quick: _slot_attention(True, quick))
+
+
 @problem("slate_slot_attention_init")
 def slate_slot_attention_init(quick: bool) -> Problem:
     """SLATE's slot update (cpu preset model at initialisation, seed 0) over the dVAE tokens of test scenes."""
     from applications.slate.app import APP, PRESETS
-    from deqkit.data import SceneDataset
     from deqkit.train.config import resolve_config
 
     config = resolve_config(APP.config_type, overrides=PRESETS["cpu"])
     torch.manual_seed(0)
     model = APP.build_model(config).eval()
-    batch = 8 if quick else 32
-    data = SceneDataset(config.data, "test")
-    images = torch.stack([data[i]["image"] for i in range(batch)])
-    sa = model.slot_attention
+    images = _test_images(config.data, quick)
     with torch.no_grad():
         tokens = model.dvae(images, model.tau())["tokens"].flatten(1)
-        features = sa.norm_inputs(model.slot_input(model.gpt.embed(tokens)[:, 1:]))
-        k, v = sa.to_k(features), sa.to_v(features)
-        z0 = sa.initial_slots(batch).reshape(batch, -1).clone()
-    return Problem("slate_slot_attention_init", _flat(sa.step, (sa.num_slots, sa.slot_dim)), z0, (k, v),
-                   f"SLATE cpu preset slot update at initialisation (seed 0), {batch} test scenes, "
-                   f"K×S = {sa.num_slots}×{sa.slot_dim}, N = {k.shape[1]} tokens, z0 = Gaussian slots (seed 0)")
+        features = model.slot_input(model.gpt.embed(tokens)[:, 1:])
+    return _slot_update("slate_slot_attention_init", model.slot_attention, features,
+                        "SLATE cpu preset slot update at initialisation (seed 0) over dVAE tokens, z0 = Gaussian slots")
+
+
+# ---------------------------------------------------------------------------------------- DSPN inner loop
 
 
 @problem("dspn_sets_8x8_init")
