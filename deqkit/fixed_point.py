@@ -105,6 +105,8 @@ def row_map(step: Callable[..., State], inputs: tuple, spec: StateSpec) -> Calla
             cache["rows"], cache["inputs"] = rows, tree_map(lambda x: take(x, rows), inputs)
         sub = replace(spec, batch=rows.numel())
         out = sub.flatten(step(sub.unflatten(z_rows), *cache["inputs"]))
+        if out.shape != z_rows.shape:  # f broadcast against a closed-over per-sample tensor: not row-wise
+            raise RuntimeError(f"f on {rows.numel()} rows returned shape {tuple(out.shape)}")
         return out if out.dtype == z_rows.dtype else out.to(z_rows.dtype)  # e.g. bf16 out of autocast
 
     return f_rows
