@@ -55,3 +55,28 @@ def test_cache_grows_by_one_position_per_step():
     torch.testing.assert_close(torch.cat(steps, dim=1), dec(x, memory), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="one new position"):
         dec(x[:, :2], memory, cache)
+
+
+def test_parallel_decoder_ignores_the_tokens_and_generates_in_one_pass():
+    torch.manual_seed(0)
+    gpt = ImageGPT(vocab_size=11, num_tokens=9, d_model=16, num_heads=4, num_blocks=2, context_dropout=1.0).eval()
+    memory = torch.randn(2, 3, 16)
+    a, b = torch.randint(0, 11, (2, 9)), torch.randint(0, 11, (2, 9))
+    torch.testing.assert_close(gpt(a, memory), gpt(b, memory))  # only positions and the memory are seen
+    assert (gpt(a, memory) - gpt(a, memory.roll(1, dims=0))).abs().max() > 1e-4
+    tokens = gpt.generate(memory)
+    assert tokens.shape == (2, 9) and torch.equal(tokens, gpt(a, memory).argmax(-1))
+
+
+def test_context_dropout_hides_tokens_in_training_only():
+    torch.manual_seed(0)
+    gpt = ImageGPT(vocab_size=11, num_tokens=9, d_model=16, num_heads=4, num_blocks=2, context_dropout=0.5)
+    tokens, memory = torch.randint(0, 11, (64, 9)), torch.randn(64, 3, 16)
+    torch.manual_seed(1)
+    hide = gpt.train().hidden_context(tokens)
+    assert 0.4 < hide.float().mean() < 0.6
+    torch.manual_seed(1)  # the same draw: training logits are those of the tokens with the hidden ones masked
+    torch.testing.assert_close(gpt(tokens, memory), gpt.eval()(tokens.masked_fill(hide, gpt.mask_id), memory))
+    assert gpt.hidden_context(tokens) is None  # eval mode sees every token
+    with pytest.raises(ValueError, match="context_dropout"):
+        ImageGPT(11, 9, 16, 4, 1, context_dropout=1.5)

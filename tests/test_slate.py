@@ -87,7 +87,7 @@ def test_folder_images_without_masks_score_without_fg_ari(tmp_path):
     batch = {"image": torch.stack([data[i]["image"] for i in range(len(data))])}
     model = APP.build_model(config).eval()
     scores = metrics(model, batch, config)
-    assert set(scores) == {"ce", "dvae_mse", "mse"} and scores["mse"].shape == (len(data),)
+    assert set(scores) == {"ce", "ce_other_slots", "dvae_mse", "mse"} and scores["mse"].shape == (len(data),)
 
 
 def test_cli_train_eval_diagnose_end_to_end(tmp_path):

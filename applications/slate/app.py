@@ -39,6 +39,8 @@ class SlateConfig:
     num_heads: int = 4
     num_blocks: int = 2
     dropout: float = 0.1
+    decoder: Literal["gpt", "mixture"] = "gpt"  # image-GPT (SLATE) or a slot-mixture of token distributions
+    context_dropout: float = 0.0  # hide earlier tokens from the decoder with this probability (1: parallel)
     num_slots: int = 5
     slot_dim: int = 64
     mlp_hidden: int = 128
@@ -58,6 +60,8 @@ class SlateConfig:
             raise ConfigError(f"data.image_size={self.data.image_size} must be a multiple of patch={self.patch}")
         if self.d_model % self.num_heads:
             raise ConfigError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
+        if not 0.0 <= self.context_dropout <= 1.0:
+            raise ConfigError(f"context_dropout must be in [0, 1], got {self.context_dropout}")
         if self.folder_masks is not None and self.folder is None:
             raise ConfigError("folder_masks needs folder")
 
@@ -108,7 +112,8 @@ def build_model(cfg: SlateConfig) -> Slate:
     return Slate(cfg.data.image_size, cfg.vocab_size, cfg.patch, cfg.dvae_hidden, cfg.d_model, cfg.num_heads,
                  cfg.num_blocks, cfg.dropout, cfg.num_slots, cfg.slot_dim, cfg.mlp_hidden, cfg.iters,
                  solver=cfg.solver, backward=cfg.backward, tol=cfg.tol, init=cfg.init,
-                 tau=(cfg.tau_start, cfg.tau_end, cfg.tau_steps))
+                 tau=(cfg.tau_start, cfg.tau_end, cfg.tau_steps),
+                 context_dropout=cfg.context_dropout, decoder=cfg.decoder)
 
 
 def build_dataset(cfg: SlateConfig, split: str) -> torch.utils.data.Dataset:
@@ -139,12 +144,19 @@ def metrics(model: Slate, batch: Batch, cfg: SlateConfig) -> dict[str, torch.Ten
     image = batch["image"]
     out = model(image)
     ce = F.cross_entropy(out["logits"].float().transpose(1, 2), out["tokens"], reduction="none").mean(1)
-    result = {"ce": ce, "dvae_mse": (out["dvae"]["recon"].float() - image).square().flatten(1).sum(1)}
+    # the same with each image's slots swapped for another image's: how much the decoder uses the slots
+    other = model.token_logits(out["tokens"], out["slots"].roll(1, dims=0))
+    ce_other = F.cross_entropy(other.float().transpose(1, 2), out["tokens"], reduction="none").mean(1)
+    result = {"ce": ce, "ce_other_slots": ce_other,
+              "dvae_mse": (out["dvae"]["recon"].float() - image).square().flatten(1).sum(1)}
     if cfg.eval_generate:
         result["mse"] = (model.reconstruct(out["slots"]).float() - image).square().flatten(1).sum(1)
     if "mask" in batch:
         masks = slot_masks(out["masks"].float(), image.shape[-1])
         result |= {"fg_ari": fg_ari(batch["mask"], masks), "miou": matched_miou(batch["mask"], masks)}
+        if "decoder_masks" in out:  # the mixture decoder's own masks, scored the same way
+            masks = slot_masks(out["decoder_masks"].float(), image.shape[-1])
+            result |= {"fg_ari_decoder": fg_ari(batch["mask"], masks)}
     return result
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deqkit.nn import DiscreteVAE, ImageGPT, SlotAttention, cosine_anneal
+from deqkit.nn import DiscreteVAE, ImageGPT, SlotAttention, SlotMixtureTokenDecoder, cosine_anneal
 
 
 class Slate(nn.Module):
@@ -30,12 +30,19 @@ class Slate(nn.Module):
                  d_model: int = 64, num_heads: int = 4, num_blocks: int = 2, dropout: float = 0.1,
                  num_slots: int = 5, slot_dim: int = 64, mlp_hidden: int = 128, iters: int = 3, *,
                  solver: str = "iteration", backward: str = "neumann", tol: float | None = None,
-                 init: str = "gaussian", tau: tuple[float, float, int] = (1.0, 0.1, 30_000)):
+                 init: str = "gaussian", tau: tuple[float, float, int] = (1.0, 0.1, 30_000),
+                 context_dropout: float = 0.0, decoder: str = "gpt"):
         super().__init__()
         self.grid = image_size // patch
         self.tau_schedule = tau
         self.dvae = DiscreteVAE(vocab_size, patch, dvae_hidden)
-        self.gpt = ImageGPT(vocab_size, self.grid**2, d_model, num_heads, num_blocks, dropout)
+        if decoder not in ("gpt", "mixture"):
+            raise ValueError(f"unknown decoder {decoder!r}; use 'gpt' or 'mixture'")
+        # the mixture decoder uses only the image-GPT's token embedding (to feed slot attention)
+        self.gpt = ImageGPT(vocab_size, self.grid**2, d_model, num_heads, num_blocks if decoder == "gpt" else 0,
+                            dropout, context_dropout)
+        self.mixture = (SlotMixtureTokenDecoder(slot_dim, self.grid**2, vocab_size, 2 * d_model)
+                        if decoder == "mixture" else None)
         # SLATE's slot attention encoder: LayerNorm + MLP on the token embeddings, then slot attention
         self.slot_input = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, d_model), nn.ReLU(),
                                         nn.Linear(d_model, d_model))
@@ -54,14 +61,27 @@ class Slate(nn.Module):
         embedded = self.gpt.embed(tokens)  # [B,1+T,D]
         inputs = self.slot_input(embedded[:, 1:])
         slots, attn, info = self.slot_attention(inputs)
-        logits = self.gpt(tokens, self.slot_proj(slots), embedded=embedded)
-        return {"dvae": dvae, "tokens": tokens, "logits": logits, "slots": slots, "attn": attn, "info": info,
-                "masks": self.slot_attention.masks(inputs, slots.detach())}
+        out = {"dvae": dvae, "tokens": tokens, "slots": slots, "attn": attn, "info": info,
+               "masks": self.slot_attention.masks(inputs, slots.detach())}
+        if self.mixture is not None:
+            out["logits"], out["decoder_masks"] = self.mixture(slots)
+        else:
+            out["logits"] = self.gpt(tokens, self.slot_proj(slots), embedded=embedded)
+        return out
+
+    def token_logits(self, tokens: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B,T,V]`` of ``tokens [B,T]`` given ``slots`` (teacher forcing for the image-GPT)."""
+        if self.mixture is not None:
+            return self.mixture(slots)[0]
+        return self.gpt(tokens, self.slot_proj(slots))
 
     @torch.no_grad()
     def reconstruct(self, slots: torch.Tensor, use_cache: bool = True) -> torch.Tensor:
         """Image ``[B,3,H,W]`` from ``slots [B,K,S]``: tokens decoded greedily, then the dVAE decoder."""
-        tokens = self.gpt.generate(self.slot_proj(slots), use_cache=use_cache)
+        if self.mixture is not None:
+            tokens = self.mixture.generate(slots)
+        else:
+            tokens = self.gpt.generate(self.slot_proj(slots), use_cache=use_cache)
         return self.dvae.decode_tokens(tokens.unflatten(1, (self.grid, self.grid)))
 
 

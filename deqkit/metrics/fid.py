@@ -58,8 +58,11 @@ def fid_metric(extractor: nn.Module | None = None, *, inception_weights: str | P
     """A torchmetrics ``FrechetInceptionDistance``: with ``extractor`` (any module mapping images to
     ``[B, F]``; give it an int attribute ``num_features`` to skip a probe), or Inception-v3 from the local
     file ``inception_weights``. Feed it with ``update(images, real=True/False)``, read ``compute()``."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+    except (ImportError, RuntimeError) as err:  # e.g. a torchvision built for another torch (CUDA on a CPU torch)
+        raise ConfigError(f"FID is unavailable: importing torchmetrics' FID failed ({err}); is torchvision or "
+                          "torch-fidelity built for a different torch? uninstall them or match them") from None
     if extractor is not None:
         return FrechetInceptionDistance(feature=extractor, normalize=True, reset_real_features=True)
     if inception_weights is None:
@@ -69,8 +72,9 @@ def fid_metric(extractor: nn.Module | None = None, *, inception_weights: str | P
         raise ConfigError(f"Inception weights file {path} does not exist; {INCEPTION_HELP}")
     try:
         import torch_fidelity  # noqa: F401
-    except ImportError:
-        raise ConfigError("FID with Inception-v3 needs torch-fidelity: pip install 'deqkit[inception]'") from None
+    except (ImportError, RuntimeError):  # absent, or its torchvision does not load on this torch
+        raise ConfigError("FID with Inception-v3 needs torch-fidelity and a torchvision built for this torch: "
+                          "pip install 'deqkit[inception]'") from None
     return FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(path))
 
 

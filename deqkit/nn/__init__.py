@@ -14,11 +14,12 @@ from deqkit.nn.encoders import CNNEncoder
 from deqkit.nn.positions import SoftPositionEmbed, fourier_features, position_grid, slot_frames
 from deqkit.nn.sets import FSPool, SetEncoder
 from deqkit.nn.slot_attention import SlotAttention, SlotAttentionStep, SlotInit
+from deqkit.nn.token_mixture import SlotMixtureTokenDecoder
 from deqkit.nn.transformer import ImageGPT, TransformerDecoder
 
 __all__ = [
     "Attention", "CNNEncoder", "DSPN", "DSPNStep", "DiscreteVAE", "FSPool", "ImageGPT", "MLPBroadcastDecoder",
-    "SetEncoder", "SetInit", "SlotAttention", "SlotAttentionStep", "SlotInit", "SoftPositionEmbed",
+    "SetEncoder", "SetInit", "SlotAttention", "SlotMixtureTokenDecoder", "SlotAttentionStep", "SlotInit", "SoftPositionEmbed",
     "SpatialBroadcastDecoder", "TransformerDecoder", "alpha_composite", "cosine_anneal", "fourier_features",
     "inner_gradient", "position_grid", "slot_frames", "upsampling_steps",
 ]

@@ -98,14 +98,25 @@ class ImageGPT(nn.Module):
     ``embed(tokens [B,T]) -> [B,1+T,D]``: a BOS vector then the tokens' dictionary vectors, plus learned
     positions (SLATE feeds ``embed(tokens)[:, 1:]`` to slot attention too). ``forward(tokens, memory)``
     gives next-token logits ``[B,T,V]`` with teacher forcing; ``generate(memory)`` decodes greedily.
+
+    ``context_dropout`` p hides each earlier token from the decoder with probability p in training (it
+    sees a learned MASK vector at that position instead), so that it has to read the memory rather than
+    copy its neighbours. ``p = 1`` hides every token in training and evaluation: the decoder sees only
+    positions and predicts all tokens at once from the memory (a parallel, non-autoregressive decoder).
     """
 
     def __init__(self, vocab_size: int, num_tokens: int, d_model: int, num_heads: int, num_blocks: int,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, context_dropout: float = 0.0):
         super().__init__()
-        self.vocab_size, self.num_tokens = vocab_size, num_tokens
-        self.dictionary = nn.Embedding(vocab_size + 1, d_model)  # index vocab_size is BOS
-        self.positions = nn.Parameter(torch.randn(1, 1 + num_tokens, d_model) * 0.02)
+        if not 0.0 <= context_dropout <= 1.0:
+            raise ValueError(f"context_dropout must be in [0, 1], got {context_dropout}")
+        self.vocab_size, self.num_tokens, self.context_dropout = vocab_size, num_tokens, context_dropout
+        self.mask_id = vocab_size + 1
+        # index vocab_size is BOS, vocab_size + 1 MASK (only when tokens can be hidden)
+        self.dictionary = nn.Embedding(vocab_size + (2 if context_dropout > 0 else 1), d_model)
+        # unit scale like the dictionary's vectors (SLATE's code: trunc_normal_ with std 1), so that slot
+        # attention, which reads these embeddings, can group by position from the start
+        self.positions = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, 1 + num_tokens, d_model)))
         self.drop = nn.Dropout(dropout)
         self.decoder = TransformerDecoder(d_model, num_heads, num_blocks, dropout)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
@@ -120,8 +131,25 @@ class ImageGPT(nn.Module):
                 ) -> torch.Tensor:
         """Logits ``[B,T,V]`` of token ``t`` given tokens ``< t`` and ``memory [B,M,D]`` (``embedded``:
         ``embed(tokens)`` if already computed)."""
-        x = self.embed(tokens) if embedded is None else embedded
+        hide = self.hidden_context(tokens)
+        if hide is not None:
+            x = self.embed(tokens.masked_fill(hide, self.mask_id))
+        else:
+            x = self.embed(tokens) if embedded is None else embedded
         return self.head(self.decoder(x[:, :-1], memory))
+
+    @property
+    def parallel(self) -> bool:
+        """Whether every token is hidden from the decoder (``context_dropout == 1``)."""
+        return self.context_dropout >= 1.0
+
+    def hidden_context(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """Boolean ``[B,T]``: the tokens the decoder does not see this call (None: it sees all)."""
+        if self.parallel:
+            return torch.ones_like(tokens, dtype=torch.bool)
+        if self.training and self.context_dropout > 0:
+            return torch.rand(tokens.shape, device=tokens.device) < self.context_dropout
+        return None
 
     @torch.no_grad()
     def generate(self, memory: torch.Tensor, use_cache: bool = True) -> torch.Tensor:
@@ -130,6 +158,9 @@ class ImageGPT(nn.Module):
         With the cache each step runs the new position only (keys/values of earlier positions and of the
         memory are kept), so the work grows linearly in T instead of quadratically."""
         b = memory.shape[0]
+        if self.parallel:  # nothing to feed back: one pass predicts every token
+            hidden = memory.new_full((b, self.num_tokens), self.mask_id, dtype=torch.long)
+            return self.head(self.decoder(self.embed(hidden)[:, :-1], memory)).argmax(-1)
         tokens = memory.new_zeros(b, 0, dtype=torch.long)
         cache = self.decoder.new_cache() if use_cache else None
         for t in range(self.num_tokens):
