@@ -160,19 +160,19 @@ problem("slot_attention_trained")(lambda quick: _slot_attention(True, quick))
 
 @problem("slate_slot_attention_init")
 def slate_slot_attention_init(quick: bool) -> Problem:
-    """SLATE's slot update (cpu preset model at initialisation, seed 0) over the dVAE tokens of test scenes."""
+    """SLATE's slot update (cpu_gpt preset model at initialisation, seed 0) over the dVAE tokens of test scenes."""
     from applications.slate.app import APP, PRESETS
     from deqkit.train.config import resolve_config
 
-    config = resolve_config(APP.config_type, overrides=PRESETS["cpu"])
+    config = resolve_config(APP.config_type, overrides=PRESETS["cpu_gpt"])
     torch.manual_seed(0)
     model = APP.build_model(config).eval()
     images = _test_images(config.data, quick)
     with torch.no_grad():
         tokens = model.dvae(images, model.tau())["tokens"].flatten(1)
-        features = model.slot_input(model.gpt.embed(tokens)[:, 1:])
+        features = model.slot_features(tokens)
     return _slot_update("slate_slot_attention_init", model.slot_attention, features,
-                        "SLATE cpu preset slot update at initialisation (seed 0) over dVAE tokens, z0 = Gaussian slots")
+                        "SLATE cpu_gpt preset slot update at initialisation (seed 0) over dVAE tokens, z0 = Gaussian slots")
 
 
 # ---------------------------------------------------------------------------------------- DSPN inner loop

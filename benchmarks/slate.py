@@ -4,12 +4,15 @@ attention, measured on runs of `deqkit train slate` (trained separately, one cor
 Parts:
 
 - ``cost``: forward/backward seconds and tensors saved for backward vs slot attention iterations
-  (unrolled vs neumann) on one cpu-preset batch, and greedy generation with vs without the key/value cache.
+  (unrolled vs neumann) on one cpu-preset batch, and the image-GPT's (cpu_gpt preset) greedy generation
+  with vs without the key/value cache.
   No training; ~1 min.
 - ``ceiling``: FG-ARI of perfect masks at token resolution (the best any token-grid mask can score).
 - ``report RUN ...``: each run's config, time, test-split CE / MSE / dVAE MSE / FG-ARI / mIoU, FID (small
   extractor) of slot reconstructions, and its Jacobian spectral norm over training (from metrics.jsonl);
-  plots of spectral norm and validation CE vs step into docs/.
+  runs that differ only in their seed are summarised as mean ± standard deviation, and the difference of
+  two such groups is called a difference only when it exceeds the sum of their standard deviations;
+  plots of spectral norm vs step into docs/.
 
 ``PYTHONPATH=. python benchmarks/slate.py cost|ceiling|report ...``; JSON in benchmarks/results/slate_*.json.
 """
@@ -66,7 +69,7 @@ def part_cost(args: argparse.Namespace) -> dict[str, Any]:
                 bwd.append(time.perf_counter() - mid)
                 model.zero_grad(set_to_none=True)
             with torch.no_grad():
-                inputs = model.slot_input(model.gpt.embed(model.dvae(batch["image"])["tokens"].flatten(1))[:, 1:])
+                inputs = model.slot_features(model.dvae(batch["image"])["tokens"].flatten(1))
             sa_saved = saved_tensor_bytes(lambda: model.slot_attention(inputs)[0])[1]
             rows.append({"backward": backward, "iters": iters, "forward_s": statistics.median(fwd[1:]),
                          "backward_s": statistics.median(bwd[1:]), "saved_mb": saved / 2**20,
@@ -75,7 +78,8 @@ def part_cost(args: argparse.Namespace) -> dict[str, Any]:
                 ["backward", "iters", "forward s", "backward s", "saved MB", "slot attention saved MB"],
                 [[r["backward"], r["iters"], r["forward_s"], r["backward_s"], r["saved_mb"],
                   r["slot_attention_saved_mb"]] for r in rows])
-    # generation: greedy decoding of all tokens from the slots, with and without the key/value cache
+    # generation: greedy decoding of all tokens from the slots by the image-GPT, with and without the cache
+    cfg = APP.make_config("smoke" if args.quick else "cpu_gpt")
     model = APP.build_model(cfg).eval()
     with torch.no_grad():
         slots = model(batch["image"])["slots"]
@@ -163,12 +167,66 @@ def part_report(args: argparse.Namespace) -> dict[str, Any]:
                   r["test"]["ce"], r["test"]["mse"], r["test"]["dvae_mse"], r["test"]["fg_ari"], r["test"]["miou"],
                   r["fid_slots"], r["spectral_norm"][-1][1] if r["spectral_norm"] else None]
                  for name, r in runs.items()])
+    groups = seed_groups(runs)
+    if groups:
+        print_table("mean ± sd over seeds (test split)", ["setting", "seeds", *GROUP_METRICS],
+                    [[name, len(g["seeds"]), *(f"{g[m]['mean']:.3f} ± {g[m]['sd']:.3f}" for m in GROUP_METRICS)]
+                     for name, g in groups.items()])
     if args.plots:
         series = {name: ([s for s, _ in r["spectral_norm"]], [v for _, v in r["spectral_norm"]]) for name, r in runs.items()}
         save_curves(Path(args.plots) / f"slate_{args.name}_spectral_norm.png", series,
                     title="SLATE: spectral norm of the slot attention step's Jacobian", xlabel="step",
                     ylabel="||J||_2 (power iteration)")
-    return {"batches": args.batches, "runs": runs}
+    return {"batches": args.batches, "runs": runs, "seed_groups": groups, "differences": group_differences(groups)}
+
+
+GROUP_METRICS = ("ce", "ce_other_slots", "mse", "fg_ari", "miou", "fid_slots")
+
+
+def _setting(run: dict[str, Any]) -> str:
+    return f"{run['backward']} iters={run['iters']} clip={run['grad_clip']} warmup={run['warmup']} steps={run['steps']}"
+
+
+def seed_groups(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Runs with the same setting and different seeds: mean and (sample) standard deviation per metric."""
+    by_setting: dict[str, list[dict[str, Any]]] = {}
+    for run in runs.values():
+        by_setting.setdefault(_setting(run), []).append(run)
+    groups = {}
+    for name, members in by_setting.items():
+        if len(members) < 2:
+            continue
+        group: dict[str, Any] = {"seeds": sorted(r["seed"] for r in members)}
+        for metric in GROUP_METRICS:
+            values = [r["fid_slots"] if metric == "fid_slots" else r["test"].get(metric) for r in members]
+            values = [v for v in values if v is not None]
+            if values:
+                group[metric] = {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+                                 "values": values}
+        groups[name] = group
+    return groups
+
+
+def group_differences(groups: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """unrolled vs neumann for every setting run both ways: the mean difference per metric and whether it
+    exceeds the spread (the sum of the two standard deviations); otherwise it is "no difference"."""
+    rows = []
+    for name, group in groups.items():
+        if not name.startswith("unrolled "):
+            continue
+        other = groups.get("neumann " + name.removeprefix("unrolled "))
+        if other is None:
+            continue
+        for metric in GROUP_METRICS:
+            if metric in group and metric in other:
+                diff = other[metric]["mean"] - group[metric]["mean"]
+                spread = other[metric]["sd"] + group[metric]["sd"]
+                rows.append({"setting": name.removeprefix("unrolled "), "metric": metric,
+                             "neumann_minus_unrolled": diff, "spread": spread, "difference": abs(diff) > spread})
+    if rows:
+        print_table("implicit (neumann) - vanilla (unrolled)", ["setting", "metric", "difference", "spread", "beyond spread"],
+                    [[r["setting"], r["metric"], r["neumann_minus_unrolled"], r["spread"], r["difference"]] for r in rows])
+    return rows
 
 
 def main() -> None:

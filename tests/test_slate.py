@@ -22,15 +22,19 @@ from deqkit.cli.main import app as cli
 torch.set_num_threads(1)
 
 
-def _model(backward: str = "neumann") -> Slate:
+def _model(backward: str = "neumann", **kw) -> Slate:
     torch.manual_seed(0)
     return Slate(16, vocab_size=8, patch=4, dvae_hidden=8, d_model=16, num_heads=2, num_blocks=1, num_slots=3,
-                 slot_dim=8, mlp_hidden=8, backward=backward, tau=(1.0, 0.1, 10))
+                 slot_dim=8, mlp_hidden=8, backward=backward, tau=(1.0, 0.1, 10), **kw)
 
 
+VARIANTS = [{}, {"decoder": "mixture", "slot_positions": "soft"}, {"context_dropout": 0.5}]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=["gpt", "mixture-soft", "context-dropout"])
 @pytest.mark.parametrize("backward", ["unrolled", "neumann"])
-def test_cross_entropy_does_not_reach_the_dvae_and_mse_does_not_reach_the_rest(backward):
-    model = _model(backward)
+def test_cross_entropy_does_not_reach_the_dvae_and_mse_does_not_reach_the_rest(backward, variant):
+    model = _model(backward, **variant)
     image = torch.rand(2, 3, 16, 16)
     out = model(image)
     assert out["logits"].shape == (2, 16, 8) and out["attn"].shape == (2, 3, 16)
@@ -38,6 +42,8 @@ def test_cross_entropy_does_not_reach_the_dvae_and_mse_does_not_reach_the_rest(b
     ce.backward()
     assert all(p.grad is None for p in model.dvae.parameters())
     assert model.slot_attention.step.to_q.weight.grad.abs().sum() > 0
+    if model.slot_positions is not None:  # the soft positions reach slot attention
+        assert model.slot_positions.proj.weight.grad.abs().sum() > 0
     model.zero_grad()
     out = model(image)
     (out["dvae"]["recon"] - image).square().sum().backward()
@@ -128,3 +134,37 @@ def test_benchmark_cost_and_token_grid_ceiling():
     assert token_grid_ceiling(mask, 4).item() == pytest.approx(1.0)
     mask[0, 0, 3:5] = 3  # two pixels split over two cells: in the first one object 1 outvotes it
     assert token_grid_ceiling(mask, 4).item() < 1.0
+
+
+def test_mixture_decoder_generates_its_argmax_and_scores_its_own_masks():
+    config = APP.make_config("smoke", ["decoder=mixture", "slot_positions=soft"])
+    data = build_dataset(config, "val")
+    batch = {key: torch.stack([data[i][key] for i in range(4)]) for key in ("image", "mask")}
+    model = APP.build_model(config).eval()
+    out = model(batch["image"])
+    assert out["decoder_masks"].shape == out["masks"].shape
+    tokens = out["logits"].argmax(-1).unflatten(1, (model.grid, model.grid))
+    torch.testing.assert_close(model.reconstruct(out["slots"]), model.dvae.decode_tokens(tokens))
+    scores = metrics(model, batch, config)
+    assert {"fg_ari", "fg_ari_decoder", "ce_other_slots"} <= set(scores)
+
+
+def test_report_summarises_seeds_and_calls_a_gap_within_the_spread_no_difference():
+    from benchmarks.slate import group_differences, seed_groups
+
+    def run(backward, seed, fg, mse):
+        test = {"ce": 0.7, "ce_other_slots": 1.5, "mse": mse, "fg_ari": fg, "miou": 0.2}
+        return {"backward": backward, "iters": 3, "grad_clip": 1.0, "warmup": 200, "steps": 6000, "seed": seed,
+                "test": test, "fid_slots": 0.3}
+
+    runs = {f"{b}-s{s}": run(b, s, fg, mse) for b, fgs, mses in
+            (("unrolled", (0.40, 0.50, 0.45), (330, 340, 335)), ("neumann", (0.42, 0.52, 0.44), (300, 302, 301)))
+            for s, fg, mse in zip(range(3), fgs, mses)}
+    runs["neumann-iters7"] = {**run("neumann", 0, 0.9, 100), "iters": 7}  # a lone setting forms no group
+    groups = seed_groups(runs)
+    assert len(groups) == 2
+    g = groups["unrolled iters=3 clip=1.0 warmup=200 steps=6000"]
+    assert g["seeds"] == [0, 1, 2] and g["fg_ari"]["mean"] == pytest.approx(0.45)
+    assert g["fg_ari"]["sd"] == pytest.approx(0.05)
+    verdict = {r["metric"]: r["difference"] for r in group_differences(groups)}
+    assert verdict["fg_ari"] is False and verdict["mse"] is True and verdict["ce"] is False

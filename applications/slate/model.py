@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deqkit.nn import DiscreteVAE, ImageGPT, SlotAttention, SlotMixtureTokenDecoder, cosine_anneal
+from deqkit.nn import DiscreteVAE, ImageGPT, SlotAttention, SlotMixtureTokenDecoder, SoftPositionEmbed, cosine_anneal
 
 
 class Slate(nn.Module):
@@ -31,7 +31,8 @@ class Slate(nn.Module):
                  num_slots: int = 5, slot_dim: int = 64, mlp_hidden: int = 128, iters: int = 3, *,
                  solver: str = "iteration", backward: str = "neumann", tol: float | None = None,
                  init: str = "gaussian", tau: tuple[float, float, int] = (1.0, 0.1, 30_000),
-                 context_dropout: float = 0.0, decoder: str = "gpt"):
+                 context_dropout: float = 0.0, decoder: str = "gpt", slot_positions: str = "learned",
+                 token_convs: int = 0):
         super().__init__()
         self.grid = image_size // patch
         self.tau_schedule = tau
@@ -44,6 +45,17 @@ class Slate(nn.Module):
         self.mixture = (SlotMixtureTokenDecoder(slot_dim, self.grid**2, vocab_size, 2 * d_model)
                         if decoder == "mixture" else None)
         # SLATE's slot attention encoder: LayerNorm + MLP on the token embeddings, then slot attention
+        if slot_positions not in ("learned", "soft"):
+            raise ValueError(f"unknown slot_positions {slot_positions!r}; use 'learned' or 'soft'")
+        # "soft": slot attention reads the dictionary vectors plus a linear map of the (y, x) coordinates
+        # (Locatello et al.), smooth in space from the start, instead of the decoder's learned positions
+        self.slot_positions = SoftPositionEmbed(d_model) if slot_positions == "soft" else None
+        # optional 3x3 convolutions over the grid of token embeddings: each input then also sees its
+        # neighbours (an object's edge tokens and its interior tokens look alike), as a CNN encoder's would
+        convs: list[nn.Module] = []
+        for _ in range(token_convs):
+            convs += [nn.Conv2d(d_model, d_model, 3, padding=1), nn.ReLU()]
+        self.token_convs = nn.Sequential(*convs) if convs else None
         self.slot_input = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, d_model), nn.ReLU(),
                                         nn.Linear(d_model, d_model))
         self.slot_attention = SlotAttention(num_slots, d_model, slot_dim, mlp_hidden, iters,
@@ -59,7 +71,7 @@ class Slate(nn.Module):
         dvae = self.dvae(image, self.tau())
         tokens = dvae["tokens"].flatten(1).detach()  # no gradient from the transformer into the dVAE
         embedded = self.gpt.embed(tokens)  # [B,1+T,D]
-        inputs = self.slot_input(embedded[:, 1:])
+        inputs = self.slot_features(tokens, embedded)
         slots, attn, info = self.slot_attention(inputs)
         out = {"dvae": dvae, "tokens": tokens, "slots": slots, "attn": attn, "info": info,
                "masks": self.slot_attention.masks(inputs, slots.detach())}
@@ -68,6 +80,19 @@ class Slate(nn.Module):
         else:
             out["logits"] = self.gpt(tokens, self.slot_proj(slots), embedded=embedded)
         return out
+
+    def slot_features(self, tokens: torch.Tensor, embedded: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B,T,D]``: what slot attention reads for ``tokens [B,T]``: their embeddings (``embedded``:
+        ``gpt.embed(tokens)`` if already computed) through SLATE's LayerNorm + MLP."""
+        if self.slot_positions is None:
+            x = (self.gpt.embed(tokens) if embedded is None else embedded)[:, 1:]
+        else:
+            grid = self.gpt.dictionary(tokens).unflatten(1, (self.grid, self.grid))
+            x = self.slot_positions(grid).flatten(1, 2)
+        if self.token_convs is not None:
+            grid = x.unflatten(1, (self.grid, self.grid)).permute(0, 3, 1, 2)
+            x = self.token_convs(grid).flatten(2).transpose(1, 2)
+        return self.slot_input(x)
 
     def token_logits(self, tokens: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """Logits ``[B,T,V]`` of ``tokens [B,T]`` given ``slots`` (teacher forcing for the image-GPT)."""
