@@ -8,6 +8,7 @@ Parts:
   with vs without the key/value cache.
   No training; ~1 min.
 - ``ceiling``: FG-ARI of perfect masks at token resolution (the best any token-grid mask can score).
+- ``figure RUN --name N``: the run's picture on 8 test images into docs/slate_N_test.png.
 - ``report RUN ...``: each run's config, time, test-split CE / MSE / dVAE MSE / FG-ARI / mIoU, FID (small
   extractor) of slot reconstructions, and its Jacobian spectral norm over training (from metrics.jsonl);
   runs that differ only in their seed are summarised as mean ± standard deviation, and the difference of
@@ -229,9 +230,24 @@ def group_differences(groups: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
     return rows
 
 
+def part_figure(args: argparse.Namespace) -> dict[str, Any]:
+    """The application's picture (input | dVAE | slot reconstruction | masks) of one run on test images."""
+    from deqkit.train.data import eval_batches
+
+    (run,) = map(Path, args.runs)
+    restored = restore(run / "checkpoints" / "last.safetensors")
+    batch = next(iter(eval_batches(restored.app.build_dataset(restored.config, "test"), 8, 1, restored.app.collate)))
+    path = Path(args.plots) / f"slate_{args.name}_test.png"
+    torch.manual_seed(0)
+    with torch.no_grad():
+        restored.app.visualize(restored.model.eval(), batch, restored.config, path)
+    print(f"wrote {path}")
+    return {"run": str(run), "figure": str(path)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("part", choices=["cost", "ceiling", "report"])
+    p.add_argument("part", choices=["cost", "ceiling", "report", "figure"])
     p.add_argument("runs", nargs="*", help="run directories (report)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--batches", type=int, default=8, help="test batches scored per run (report)")
@@ -239,7 +255,10 @@ def main() -> None:
     p.add_argument("--plots", default=str(ROOT / "docs"))
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
-    results = {"cost": part_cost, "ceiling": part_ceiling, "report": part_report}[args.part](args)
+    parts = {"cost": part_cost, "ceiling": part_ceiling, "report": part_report, "figure": part_figure}
+    results = parts[args.part](args)
+    if args.part == "figure":
+        return
     suffix = args.name if args.part == "report" else args.part
     write_json(args.json or RESULTS / f"slate_{suffix}.json", "slate", vars(args) | {"json": None}, results)
 

@@ -28,7 +28,7 @@ def _model(backward: str = "neumann", **kw) -> Slate:
                  slot_dim=8, mlp_hidden=8, backward=backward, tau=(1.0, 0.1, 10), **kw)
 
 
-VARIANTS = [{}, {"decoder": "mixture", "slot_positions": "soft"}, {"context_dropout": 0.5}]
+VARIANTS = [{}, {"decoder": "mixture", "slot_positions": "soft", "token_convs": 1}, {"context_dropout": 0.5}]
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=["gpt", "mixture-soft", "context-dropout"])
@@ -42,8 +42,9 @@ def test_cross_entropy_does_not_reach_the_dvae_and_mse_does_not_reach_the_rest(b
     ce.backward()
     assert all(p.grad is None for p in model.dvae.parameters())
     assert model.slot_attention.step.to_q.weight.grad.abs().sum() > 0
-    if model.slot_positions is not None:  # the soft positions reach slot attention
+    if model.slot_positions is not None:  # the soft positions and the convolution reach slot attention
         assert model.slot_positions.proj.weight.grad.abs().sum() > 0
+        assert model.token_convs[0].weight.grad.abs().sum() > 0
     model.zero_grad()
     out = model(image)
     (out["dvae"]["recon"] - image).square().sum().backward()

@@ -98,8 +98,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # the CPU default (`deqkit train slate`): cpu_gpt with the decoder swapped for the slot-mixture token
     # decoder, which cannot predict a token from its neighbours, so the slots must carry the image; slot
-    # attention reads soft (linear in y, x) positions and starts from learned queries; lr 1e-3, warm-up 200.
-    # Each change was screened in 3000-step runs (docs/slate.md, "Attempts"); about 13 min on one core.
+    # attention reads soft (linear in y, x) positions through one 3x3 convolution over the token grid and
+    # starts from learned queries; lr 1e-3, warm-up 200. Each change was screened (docs/slate.md,
+    # "Attempts"); about 13 min on one core.
     "cpu": {
         "train": _train(steps=6000, batch_size=16, lr=1e-3, warmup=200, decay="cosine", grad_clip=1.0,
                         log_every=50, eval_every=1500, eval_batches=4, ckpt_every=1500, image_every=1500,
@@ -107,7 +108,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {"image_size": 48, "min_objects": 2, "max_objects": 4, "colors": "palette", "train_size": 1_000_000},
         "vocab_size": 64, "dvae_hidden": 32, "dvae_lr": 1e-3, "tau_steps": 3000, "d_model": 64, "num_heads": 4,
         "num_blocks": 2, "dropout": 0.0, "num_slots": 5, "slot_dim": 64, "mlp_hidden": 128, "iters": 3,
-        "decoder": "mixture", "slot_positions": "soft", "init": "learned",
+        "decoder": "mixture", "slot_positions": "soft", "init": "learned", "token_convs": 1,
     },
     # SLATE's hyperparameters (Singh, Deng & Ahn, ICLR 2022, appendix, and the public code's train.py
     # defaults): 128 px, vocab 1024, d_model 192, 4 heads, 4 decoder blocks, dropout 0.1, slot size 256,

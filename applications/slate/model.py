@@ -39,7 +39,8 @@ class Slate(nn.Module):
         self.dvae = DiscreteVAE(vocab_size, patch, dvae_hidden)
         if decoder not in ("gpt", "mixture"):
             raise ValueError(f"unknown decoder {decoder!r}; use 'gpt' or 'mixture'")
-        # the mixture decoder uses only the image-GPT's token embedding (to feed slot attention)
+        # the mixture decoder uses only the image-GPT's token embedding (to feed slot attention); the GPT's
+        # head and ``slot_proj`` then get no gradient (kept so that both decoders share one state-dict layout)
         self.gpt = ImageGPT(vocab_size, self.grid**2, d_model, num_heads, num_blocks if decoder == "gpt" else 0,
                             dropout, context_dropout)
         self.mixture = (SlotMixtureTokenDecoder(slot_dim, self.grid**2, vocab_size, 2 * d_model)
