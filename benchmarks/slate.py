@@ -202,8 +202,8 @@ def seed_groups(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             values = [r["fid_slots"] if metric == "fid_slots" else r["test"].get(metric) for r in members]
             values = [v for v in values if v is not None]
             if values:
-                group[metric] = {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-                                 "values": values}
+                sd = statistics.stdev(values) if len(values) > 1 else 0.0
+                group[metric] = {"mean": statistics.fmean(values), "sd": sd, "values": values}
         groups[name] = group
     return groups
 
@@ -225,8 +225,10 @@ def group_differences(groups: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
                 rows.append({"setting": name.removeprefix("unrolled "), "metric": metric,
                              "neumann_minus_unrolled": diff, "spread": spread, "difference": abs(diff) > spread})
     if rows:
-        print_table("implicit (neumann) - vanilla (unrolled)", ["setting", "metric", "difference", "spread", "beyond spread"],
-                    [[r["setting"], r["metric"], r["neumann_minus_unrolled"], r["spread"], r["difference"]] for r in rows])
+        print_table("implicit (neumann) - vanilla (unrolled)",
+                    ["setting", "metric", "difference", "spread", "beyond spread"],
+                    [[r["setting"], r["metric"], r["neumann_minus_unrolled"], r["spread"], r["difference"]]
+                     for r in rows])
     return rows
 
 
