@@ -42,8 +42,9 @@ def test_cross_entropy_does_not_reach_the_dvae_and_mse_does_not_reach_the_rest(b
     ce.backward()
     assert all(p.grad is None for p in model.dvae.parameters())
     assert model.slot_attention.step.to_q.weight.grad.abs().sum() > 0
-    if model.slot_positions is not None:  # the soft positions and the convolution reach slot attention
+    if model.slot_positions is not None:  # the soft positions reach slot attention
         assert model.slot_positions.proj.weight.grad.abs().sum() > 0
+    if model.token_convs is not None:  # and so does the convolution over the token grid
         assert model.token_convs[0].weight.grad.abs().sum() > 0
     model.zero_grad()
     out = model(image)

@@ -71,7 +71,10 @@ class Slate(nn.Module):
     def forward(self, image: torch.Tensor) -> dict[str, Any]:
         dvae = self.dvae(image, self.tau())
         tokens = dvae["tokens"].flatten(1).detach()  # no gradient from the transformer into the dVAE
-        embedded = self.gpt.embed(tokens)  # [B,1+T,D]
+        # [B,1+T,D], shared by slot attention (learned positions) and the image-GPT; neither reads it with
+        # the mixture decoder and soft positions, so it is not computed then
+        needs_embedding = self.mixture is None or self.slot_positions is None
+        embedded = self.gpt.embed(tokens) if needs_embedding else None
         inputs = self.slot_features(tokens, embedded)
         slots, attn, info = self.slot_attention(inputs)
         out = {"dvae": dvae, "tokens": tokens, "slots": slots, "attn": attn, "info": info,

@@ -20,6 +20,6 @@ from deqkit.nn.transformer import ImageGPT, TransformerDecoder
 __all__ = [
     "Attention", "CNNEncoder", "DSPN", "DSPNStep", "DiscreteVAE", "FSPool", "ImageGPT", "MLPBroadcastDecoder",
     "SetEncoder", "SetInit", "SlotAttention", "SlotAttentionStep", "SlotInit", "SlotMixtureTokenDecoder",
-    "SoftPositionEmbed", "SpatialBroadcastDecoder", "TransformerDecoder", "alpha_composite", "cosine_anneal", "fourier_features",
-    "inner_gradient", "position_grid", "slot_frames", "upsampling_steps",
+    "SoftPositionEmbed", "SpatialBroadcastDecoder", "TransformerDecoder", "alpha_composite", "cosine_anneal",
+    "fourier_features", "inner_gradient", "position_grid", "slot_frames", "upsampling_steps",
 ]
