@@ -116,13 +116,16 @@ def loop_overhead(batch: int, width: int, n: int, repeats: int) -> list[dict]:
                     z = problem(z)
             return z
 
+        # backward="unrolled": exactly n evaluations (an implicit estimator adds its own step(s) after the loop)
         def dk() -> torch.Tensor:  # default stop_mode="rel": each step also computes ‖f(z)‖ for the trace
             with torch.no_grad():
-                return deqkit.fixed_point(problem, z0, solver=Iteration(), tol=None, max_iter=n)[0]
+                return deqkit.fixed_point(problem, z0, solver=Iteration(), backward="unrolled", tol=None,
+                                          max_iter=n)[0]
 
         def dk_abs() -> torch.Tensor:
             with torch.no_grad():
-                return deqkit.fixed_point(problem, z0, solver=Iteration(), tol=None, max_iter=n, stop_mode="abs")[0]
+                return deqkit.fixed_point(problem, z0, solver=Iteration(), backward="unrolled", tol=None,
+                                          max_iter=n, stop_mode="abs")[0]
 
         def td_simple() -> torch.Tensor:
             with torch.no_grad():

@@ -49,7 +49,9 @@ def fixed_point(
     ``f`` maps a state (tensor or pytree of tensors, batch first, samples independent) to a state of the
     same structure and closes over its inputs and parameters. ``tol=None`` runs exactly ``max_iter``
     iterations and returns the last iterate. Under ``torch.is_grad_enabled()`` the result carries the
-    chosen gradient; implicit estimators return f applied to the detached solution (one step past it).
+    chosen gradient. Implicit estimators return their steps from the detached solution (f applied once for
+    IFT and ``Neumann(1)``, k times for ``Neumann(k)``/``Phantom(k)``) in both modes: the value does not
+    depend on whether gradients are recorded.
 
     ``inputs``: instead of closing over them, f may take its per-sample inputs as ``f(z, *inputs)``
     (pytrees of batch-first tensors). Once a quarter of the batch has stopped, the solver then works on the
@@ -78,8 +80,9 @@ def fixed_point(
     else:
         with torch.no_grad():
             z, info = solve(z0_flat.detach())
-        if torch.is_grad_enabled():
-            z = estimator.attach(f_flat, z)
+        # The estimator's steps from z* run whether or not gradients are recorded, so evaluation returns
+        # the value training computed (a fixed-count loop would otherwise be k updates short under no_grad).
+        z = estimator.attach(f_flat, z)
     return spec.unflatten(z), info
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import deqkit
-from deqkit.backward import IFT, Neumann
+from deqkit.backward import IFT, Neumann, Phantom, Unrolled
 from tests.problems import contractive_matrix
 
 
@@ -180,3 +180,34 @@ def test_second_derivative_through_ift_raises_under_torch_func_too():
 def test_complex_states_are_rejected_with_one_line():
     with pytest.raises(TypeError, match="real floating point"):
         deqkit.fixed_point(lambda z: z, torch.zeros(1, 2, dtype=torch.complex64))
+
+
+ESTIMATORS = [IFT(), Neumann(1), Neumann(3), Phantom(k=2, damping=0.5), Unrolled()]
+
+
+@pytest.mark.parametrize("backward", ESTIMATORS, ids=repr)
+@pytest.mark.parametrize("tol", [None, 1e-3])
+def test_value_is_the_same_with_and_without_gradients(backward, tol):
+    """Evaluation (no_grad) computes what training computes: the estimator's steps from z* run in both modes."""
+    layer = deqkit.FixedPoint(TanhStep(6), solver="iteration", backward=backward, tol=tol, max_iter=3)
+    z0, x = torch.zeros(4, 6), torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+    trained, _ = layer(z0, x)
+    with torch.no_grad():
+        evaluated, _ = layer(z0, x)
+    assert trained.requires_grad and not evaluated.requires_grad
+    torch.testing.assert_close(evaluated, trained.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backward, extra", [(Unrolled(), 0), (IFT(), 1), (Neumann(1), 1), (Neumann(3), 3),
+                                             (Phantom(k=2, damping=0.5), 2)], ids=repr)
+def test_a_fixed_count_loop_evaluates_f_max_iter_times_plus_the_estimators_steps(backward, extra):
+    calls = []
+    step = TanhStep(5)
+    layer = deqkit.FixedPoint(lambda z, x: calls.append(1) or step(z, x), solver="iteration", backward=backward,
+                              tol=None, max_iter=3)
+    z0, x = torch.zeros(2, 5), torch.randn(2, 5)
+    for grad in (True, False):
+        calls.clear()
+        with torch.set_grad_enabled(grad):
+            _, info = layer(z0, x)
+        assert len(calls) == 3 + extra and (info.nfe == 3).all()  # info.nfe counts the solver's evaluations

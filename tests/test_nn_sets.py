@@ -163,7 +163,7 @@ def test_momentum_step_is_torch_sgd_with_nesterov_on_the_inner_objective():
     torch.manual_seed(0)
     enc = SetEncoder(3, 4, 8, 5)
     z, start = torch.randn(2, 5), torch.randn(2, 4, 3)
-    dspn = DSPN(enc, 4, 3, iters=6, lr=0.5, reg=0.1, momentum=0.9, backward="neumann")
+    dspn = DSPN(enc, 4, 3, iters=6, lr=0.5, reg=0.1, momentum=0.9, backward="unrolled")  # exactly 6 steps
     with torch.no_grad():
         y, _ = dspn(z, y0=start)
     y_ref = start.clone().requires_grad_()

@@ -18,5 +18,6 @@ class BackwardEstimator:
     unrolled: bool = False
 
     def attach(self, f: FlatMap, z_star: torch.Tensor) -> torch.Tensor:
-        """Return a tensor equal to (or one step of f beyond) ``z_star`` [B, D] whose graph carries the gradient."""
+        """The estimator's value from ``z_star`` [B, D] (z* or steps of f from it), also called under no_grad; with
+        gradients on, its graph carries the gradient."""
         raise NotImplementedError
