@@ -27,6 +27,8 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+APP_HELP = ("The checkpoint's application: a folder or a name (default: the installed or $DEQKIT_APPS application "
+            "named in the checkpoint; a checkpoint never makes deqkit import code from a path it names).")
 EVAL_SET_HELP = ("Change the checkpoint's config before building the model, e.g. --set iters=12 to iterate "
                  "longer at test time (repeatable); changes to the weights' shapes are errors.")
 SET_HELP = ("Override a config value, e.g. --set train.lr=3e-4 --set hidden=64 (repeatable). Types follow the "
@@ -144,6 +146,7 @@ def eval_(
     json_: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object instead of a table."),
     device: str = typer.Option("cpu", metavar="cpu|cuda", help="Where to run the model."),
     set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help=EVAL_SET_HELP),
+    app_spec: Optional[str] = typer.Option(None, "--app", metavar="FOLDER|NAME", help=APP_HELP),
 ) -> None:
     """Score a checkpoint with its application's metrics on a split."""
     from deqkit.train.evaluate import evaluate
@@ -152,7 +155,7 @@ def eval_(
     from deqkit.train.distributed import Dist
 
     dev = pick_device(device, Dist())
-    restored = restore(checkpoint, dev, set_)
+    restored = restore(checkpoint, dev, set_, app=app_spec)
     values = evaluate(restored.app, restored.model, restored.config, split, dev, limit=batches)
     if json_:
         typer.echo(json.dumps({"app": restored.app.name, "step": restored.checkpoint.step, "split": split,
@@ -176,6 +179,7 @@ def diagnose(
                                          help="Write PNGs: residual curves, spectral norm over training."),
     device: str = typer.Option("cpu", metavar="cpu|cuda", help="Where to run the model."),
     set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help=EVAL_SET_HELP),
+    app_spec: Optional[str] = typer.Option(None, "--app", metavar="FOLDER|NAME", help=APP_HELP),
 ) -> None:
     """Solver and gradient health of every fixed-point layer of a checkpoint's model.
 
@@ -188,7 +192,7 @@ def diagnose(
     from deqkit.train.trainer import pick_device
 
     dev = pick_device(device, Dist())
-    restored = restore(checkpoint, dev, set_)
+    restored = restore(checkpoint, dev, set_, app=app_spec)
     report = run_diagnose(restored, batches=batches, split=split, device=dev)
     console = _stdout()
     table = Table(title=f"{restored.app.name} @ step {report['step']}: {report['split']} "
@@ -229,7 +233,8 @@ def diagnose(
 @app.command()
 @one_line_errors
 def apps() -> None:
-    """List the applications found (applications/ and examples/ here, next to deqkit, and in $DEQKIT_APPS)."""
+    """List the applications you can name: folders in $DEQKIT_APPS, ./applications, ./examples and the
+    source checkout, and installed ones (entry point group deqkit.applications)."""
     from deqkit.train.application import discover, search_roots
 
     table = Table(title="applications", title_justify="left")
@@ -239,7 +244,7 @@ def apps() -> None:
         if isinstance(found, str):
             if "does not define APP" in found:
                 continue  # a helper package, not an application
-            table.add_row(path.name, "[red]cannot load[/]", str(path), found)
+            table.add_row(getattr(path, "name", str(path)), "[red]cannot load[/]", str(path), found)
             continue
         presets = [found.default_preset] + [p for p in found.presets if p != found.default_preset]
         table.add_row(found.name, ", ".join(presets), str(path), found.description)

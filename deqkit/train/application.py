@@ -1,8 +1,9 @@
 """The application protocol: one object that tells the trainer how to build, train, score and draw a model.
 
 An application is a folder (``applications/<name>/`` or ``examples/<name>/``) whose ``app.py`` or
-``__init__.py`` defines ``APP = Application(...)``. The core never imports applications by name: it loads
-them from a path given on the command line, or finds a folder of that name in the usual places.
+``__init__.py`` defines ``APP = Application(...)``, or an installed package's entry point in the group
+``deqkit.applications``. The core never imports an application by itself: it loads the one the user names,
+and a checkpoint's stored name only selects among installed or user-listed applications (see below).
 """
 
 from __future__ import annotations
@@ -89,18 +90,30 @@ class Application:
 
 
 # ------------------------------------------------------------------------------------------- loading
+#
+# Two ways in. `load_application(spec)` takes what the user typed: a folder, an app.py, or a bare name
+# looked up in the places below. `load_registered(name)` takes a name read from a checkpoint or run
+# directory, which is data and may come from anyone: it looks only where the user or an installed package
+# put applications ($DEQKIT_APPS, the `deqkit.applications` entry points, a source checkout's own folders),
+# never in the current directory and never at a path the file names.
+
+ENTRY_POINT_GROUP = "deqkit.applications"
 
 
-def search_roots() -> list[Path]:
-    """Folders searched for applications by name: ``applications/`` and ``examples/`` under the current
-    directory, under ``$DEQKIT_APPS`` entries (os.pathsep-separated), and next to the deqkit package."""
-    roots: list[Path] = []
-    for entry in os.environ.get("DEQKIT_APPS", "").split(os.pathsep):
-        if entry:
-            roots.append(Path(entry))
+def _env_roots() -> list[Path]:
+    """The ``$DEQKIT_APPS`` entries (os.pathsep-separated): folders of applications, or application folders."""
+    return [Path(entry) for entry in os.environ.get("DEQKIT_APPS", "").split(os.pathsep) if entry]
+
+
+def _checkout_roots() -> list[Path]:
+    """``applications/`` and ``examples/`` of the source checkout deqkit runs from (none for a wheel install)."""
     repo = Path(__file__).resolve().parents[2]
-    for base in (Path.cwd(), repo):
-        roots += [base / "applications", base / "examples"]
+    if not (repo / "pyproject.toml").is_file() or not (repo / "deqkit" / "train").is_dir():
+        return []
+    return [repo / "applications", repo / "examples"]
+
+
+def _unique_dirs(roots: list[Path]) -> list[Path]:
     unique: list[Path] = []
     for root in roots:
         resolved = root.resolve()
@@ -109,27 +122,85 @@ def search_roots() -> list[Path]:
     return unique
 
 
+def search_roots() -> list[Path]:
+    """Folders searched for an application a user names: ``$DEQKIT_APPS``, ``./applications``, ``./examples``,
+    then the source checkout's ``applications/`` and ``examples/`` (installed entry points come before those)."""
+    return _unique_dirs(_env_roots() + [Path.cwd() / "applications", Path.cwd() / "examples"] + _checkout_roots())
+
+
 def _is_app_dir(path: Path) -> bool:
     return path.is_dir() and ((path / "app.py").is_file() or (path / "__init__.py").is_file())
 
 
+def _dir_named(name: str, roots: list[Path]) -> Path | None:
+    """The application folder called ``name`` in one of ``roots`` (a root may be that folder itself)."""
+    for root in roots:
+        for candidate in (root / name, root):
+            if candidate.name == name and _is_app_dir(candidate):
+                return candidate.resolve()
+    return None
+
+
+def _is_bare(spec: str | os.PathLike) -> bool:
+    text = str(spec)
+    return bool(text) and os.sep not in text and "/" not in text and text not in (".", "..")
+
+
+def registered() -> dict[str, Any]:
+    """The entry points of group ``deqkit.applications`` by name (installed packages' applications)."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _load_entry_point(name: str, entry: Any) -> Application:
+    try:
+        app = entry.load()
+    except Exception as err:
+        raise ApplicationError(f"cannot import application '{name}' ({entry.value}): {type(err).__name__}: "
+                               f"{' '.join(str(err).split())}") from err
+    if not isinstance(app, Application):
+        raise ApplicationError(f"entry point '{name}' ({entry.value}) is not a deqkit.train.Application")
+    if app.name != name:
+        raise ApplicationError(f"entry point '{name}' ({entry.value}) defines application '{app.name}'; "
+                               "an application's entry point must carry its name")
+    module = sys.modules.get(app.build_model.__module__)
+    path = Path(module.__file__).resolve().parent if module is not None and getattr(module, "__file__", None) \
+        else None
+    return dataclasses.replace(app, path=path)
+
+
+def _by_name(app: Application, name: str, where: Path | str) -> Application:
+    """One name everywhere: an application found by name must call itself that name."""
+    if app.name != name:
+        raise ApplicationError(f"{where} defines application '{app.name}', not '{name}'; an application's "
+                               f"folder carries its name (rename one of them, or pass the folder's path)")
+    return app
+
+
 def find_application_dir(spec: str | os.PathLike) -> Path:
-    """Resolve ``spec`` (a folder path, an ``app.py`` path, or a bare name) to an application folder."""
+    """Resolve a user's ``spec`` (a folder path, an ``app.py`` path, or a bare name) to an application folder
+    (raises for a name that only an installed entry point provides: see :func:`load_application`)."""
     path = Path(spec)
     if path.is_file() and path.suffix == ".py":
         path = path.parent
     if _is_app_dir(path):
         return path.resolve()
-    bare = os.sep not in str(spec) and "/" not in str(spec)
-    if bare:  # a bare name: a folder of that name here that is no application (e.g. a run directory) is skipped
-        for root in search_roots():
-            if _is_app_dir(root / str(spec)):
-                return (root / str(spec)).resolve()
+    if _is_bare(spec):  # a bare name: a folder of that name here that is no application (e.g. a run directory) is skipped
+        found = _dir_named(str(spec), search_roots())
+        if found is not None:
+            return found
     if path.exists():
         raise ApplicationError(f"{spec} is not an application folder (no app.py or __init__.py)")
-    names = ", ".join(sorted({p.name for p, _ in discover()})) or "none found"
-    raise ApplicationError(f"no application '{spec}' (not a folder, and not a name under "
-                           f"applications/ or examples/); known applications: {names}")
+    raise ApplicationError(f"no application '{spec}' (not a folder, and not a name under $DEQKIT_APPS, "
+                           f"applications/ or examples/); known applications: {_known_names()}")
+
+
+def _known_names() -> str:
+    names = set(registered())
+    for root in search_roots():
+        names |= {child.name for child in root.iterdir() if _is_app_dir(child) and not child.name.startswith(("_", "."))}
+    return ", ".join(sorted(names)) or "none found"
 
 
 def _import_dir(path: Path) -> Any:
@@ -165,8 +236,41 @@ def _import_dir(path: Path) -> Any:
 
 
 def load_application(spec: str | os.PathLike) -> Application:
-    """Load the ``APP`` object of the application at a path or with a name (see :func:`search_roots`)."""
-    path = find_application_dir(spec)
+    """The application a user named: a folder or ``app.py`` path, or a bare name found in ``$DEQKIT_APPS``,
+    ``./applications``, ``./examples``, the installed ``deqkit.applications`` entry points, or the source
+    checkout (in that order)."""
+    path = Path(spec)
+    if _is_bare(spec) and not _is_app_dir(path):
+        name = str(spec)
+        local = _dir_named(name, _unique_dirs(_env_roots() + [Path.cwd() / "applications", Path.cwd() / "examples"]))
+        if local is not None:
+            return _by_name(_load_dir(local), name, local)
+        entries = registered()
+        if name in entries:
+            return _load_entry_point(name, entries[name])
+    folder = find_application_dir(spec)
+    app = _load_dir(folder)
+    return _by_name(app, str(spec), folder) if _is_bare(spec) and not _is_app_dir(path) else app
+
+
+def load_registered(name: str, *, hint: str = "") -> Application:
+    """The application called ``name`` (read from a checkpoint) from ``$DEQKIT_APPS``, the installed entry
+    points or the source checkout only: data never decides which code is imported."""
+    folder = _dir_named(name, _unique_dirs(_env_roots()))
+    if folder is not None:
+        return _by_name(_load_dir(folder), name, folder)
+    entries = registered()
+    if name in entries:
+        return _load_entry_point(name, entries[name])
+    folder = _dir_named(name, _unique_dirs(_checkout_roots()))
+    if folder is not None:
+        return _by_name(_load_dir(folder), name, folder)
+    raise ApplicationError(f"application '{name}' is not installed{hint}; name it with --app FOLDER|NAME, or add "
+                           f"the folder that holds it to $DEQKIT_APPS (installed: {', '.join(sorted(entries)) or 'none'})")
+
+
+def _load_dir(path: Path) -> Application:
+    """Import the folder's module and return its ``APP`` with ``path`` set."""
     try:
         module = _import_dir(path)
     except ApplicationError:
@@ -179,17 +283,28 @@ def load_application(spec: str | os.PathLike) -> Application:
     return dataclasses.replace(app, path=path)
 
 
-def discover() -> list[tuple[Path, Application | str]]:
-    """Every application folder under the search roots, with its loaded APP or the reason it failed."""
-    found: list[tuple[Path, Application | str]] = []
+def discover() -> list[tuple[Path | str, Application | str]]:
+    """Every application a user can name: folders under the search roots, then installed entry points not
+    shadowed by a folder of the same name, each with its loaded APP or the reason it failed."""
+    found: list[tuple[Path | str, Application | str]] = []
     seen: set[Path] = set()
+    names: set[str] = set()
     for root in search_roots():
         for child in sorted(root.iterdir()):
             if child.name.startswith((".", "_")) or not _is_app_dir(child) or child.resolve() in seen:
                 continue
             seen.add(child.resolve())
             try:
-                found.append((child.resolve(), load_application(child)))
+                app = _load_dir(child.resolve())
+                found.append((child.resolve(), app))
+                names.add(app.name)
             except Exception as err:  # listing should not stop at one broken folder
                 found.append((child.resolve(), " ".join(str(err).split())))
+    for name, entry in sorted(registered().items()):
+        if name in names:
+            continue
+        try:
+            found.append((f"entry point {entry.value}", _load_entry_point(name, entry)))
+        except Exception as err:
+            found.append((f"entry point {entry.value}", " ".join(str(err).split())))
     return found

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deqkit.train.application import Application, load_application
+from deqkit.train.application import Application, load_application, load_registered
 from deqkit.train.checkpoint import Checkpoint, load_checkpoint, read_metadata
 from deqkit.train.config import from_dict, resolve_config
 from deqkit.train.errors import ApplicationError, CheckpointError, UsageError
@@ -26,33 +26,35 @@ class Restored:
     path: Path
 
 
-def find_checkpoint_app(path: str | Path) -> Application:
-    """The application a checkpoint belongs to: from the folder it was trained from, else by name."""
+def find_checkpoint_app(path: str | Path, app: str | Path | None = None) -> Application:
+    """The application of a checkpoint: the one the user names (``app``: a folder or a name), else the
+    installed or ``$DEQKIT_APPS`` application with the name stored in the file. The file's metadata never
+    makes deqkit import anything by itself: its ``app_path`` is shown in messages only."""
     meta = read_metadata(path)
-    app_path = meta.get("app_path") or ""
     name = meta.get("app", "")
-    if app_path and Path(app_path).is_dir():
-        app = load_application(app_path)
+    if app is not None:
+        found = load_application(app)
     else:
-        try:
-            app = load_application(name)
-        except ApplicationError:
-            raise ApplicationError(f"cannot find application '{name}' of checkpoint {path} (trained from "
-                                   f"{app_path or 'an unknown folder'}); pass its folder in $DEQKIT_APPS") from None
-    if app.name != name:
-        raise CheckpointError(f"{path} is a checkpoint of application '{name}', but {app.path} defines "
-                              f"'{app.name}'")
-    return app
+        if not name:
+            raise CheckpointError(f"{path} names no application; pass --app FOLDER|NAME")
+        trained_from = " ".join(str(meta.get("app_path") or "").split())[:200]  # shown, never imported
+        hint = f" (the checkpoint was trained from {trained_from})" if trained_from else ""
+        found = load_registered(name, hint=hint)
+    if found.name != name:
+        raise CheckpointError(f"{path} is a checkpoint of application '{name}', but "
+                              f"{found.path or 'the application named'} defines '{found.name}'")
+    return found
 
 
-def restore(path: str | Path, device: torch.device | str = "cpu", sets: list[str] | tuple[str, ...] = ()
-            ) -> Restored:
-    """Load ``path`` (one-line :class:`CheckpointError` if it is missing, corrupt or foreign).
+def restore(path: str | Path, device: torch.device | str = "cpu", sets: list[str] | tuple[str, ...] = (),
+            app: str | Path | None = None) -> Restored:
+    """Load ``path`` (one-line :class:`CheckpointError` if it is missing, corrupt or foreign) with the
+    application ``app`` names, or the installed one the checkpoint names (see :func:`find_checkpoint_app`).
 
     ``sets`` (``key=value``) change the stored config before the model is built, e.g. ``iters=12`` to run a
     fixed point longer at test time; a change that alters the weights' shapes is a one-line error.
     """
-    app = find_checkpoint_app(path)
+    app = find_checkpoint_app(path, app)
     ckpt = load_checkpoint(path, app=app.name)
     config = from_dict(app.config_type, ckpt.config)
     if sets:
