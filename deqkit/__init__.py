@@ -21,7 +21,6 @@ _EXPORTS = {
     "fixed_point": "deqkit.fixed_point",
     "SolveInfo": "deqkit.solvers.base",
 }
-_SUBPACKAGES = ("backward", "solvers")
 
 __all__ = ["ConfigError", "DeqkitError", "FixedPoint", "FixedPointRecord", "SolveInfo", "__version__",
            "backward", "fixed_point", "solvers"]
@@ -34,12 +33,16 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    if name in _SUBPACKAGES:
-        return importlib.import_module(f"deqkit.{name}")
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
+    if not name.startswith("_"):  # a submodule, e.g. deqkit.solvers or deqkit.pytree
+        try:
+            return importlib.import_module(f"deqkit.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"deqkit.{name}":
+                raise
     raise AttributeError(f"module 'deqkit' has no attribute {name!r}")
 
 
