@@ -20,7 +20,7 @@ from deqkit.data.config import MAX_DATASET_SIZE
 from deqkit.errors import ConfigError as _CoreConfigError
 from deqkit.train.errors import ConfigError
 
-MAX_ITERATIONS = 10_000  # cap of iteration counts in configs (max_iter, iters): no endless solve
+MAX_ITERATIONS = 1_000  # cap of iteration counts in configs (max_iter, iters): every solve ends (presets use <= 30)
 MAX_LR = 1.0  # AdamW moves each weight by about lr per step: above 1 nothing trains, and 1e38 overflows
 MAX_BATCH_SIZE = 65_536  # per process; a checkpoint cannot ask evaluation for a batch of 10^9
 
