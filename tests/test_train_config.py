@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 import pytest
 
-from deqkit.train.config import TrainConfig, config_keys, from_dict, resolve_config, to_dict
+from deqkit.train.config import (MAX_ITERATIONS, DatasetSize, Dim, Iterations, TrainConfig, config_keys, from_dict,
+                                 resolve_config, to_dict)
 from deqkit.train.errors import ConfigError
 
 
@@ -82,3 +85,32 @@ def test_round_trip_through_json_values():
     again = from_dict(Cfg, json.loads(json.dumps(to_dict(cfg))))
     assert again == cfg
     assert "train.lr" in config_keys(Cfg) and "inner.scale" in config_keys(Cfg)
+
+
+@dataclass
+class Bounded:
+    train: TrainConfig = field(default_factory=TrainConfig)
+    width: Dim = 8
+    iters: Optional[Iterations] = None
+    items: DatasetSize = 10
+    scale: float = 1.0
+
+
+@pytest.mark.parametrize("item, says", [
+    ("width=0", "must be >= 1"), ("iters=1000000000", f"must be in [1, {MAX_ITERATIONS}]"),
+    ("items=-1", "must be in [0,"), ("scale=nan", "finite"), ("scale=-inf", "finite"),
+    ("train.lr=1e38", "train.lr must be in (0, 1.0]"), ("train.weight_decay=1e400", "finite"),
+])
+def test_bounds_and_non_finite_values_are_refused(item, says):
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        resolve_config(Bounded, sets=[item])
+
+
+@pytest.mark.parametrize("text, says", [
+    ('{"scale": NaN}', "finite"), ('{"train": {"lr": Infinity}}', "finite"), ('{"width": -4}', "must be >= 1"),
+    ('{"items": 10000000000}', "must be in [0,"),
+])
+def test_a_stored_config_is_held_to_the_same_bounds(text, says):
+    with pytest.raises(ConfigError, match=re.escape(says)):  # json.loads reads NaN/Infinity, as in checkpoints
+        from_dict(Bounded, json.loads(text))
+    assert resolve_config(Bounded, sets=["iters=none", "width=3"]).iters is None

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import signal
+import warnings
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,27 @@ def test_gradient_nan_is_skipped_too(app, tmp_path):
     before = [p.detach().clone() for p in trainer.model.parameters()]
     assert trainer.fit().skipped_steps == 3
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+
+
+def test_a_skipped_first_step_steps_the_schedule_without_a_torch_warning(app):
+    nan_app = _nan_app(app, bad_calls={1})
+    config = nan_app.make_config("smoke", FAST + ["train.steps=2", "train.spectral_iters=0"])
+    trainer = Trainer(nan_app, config, None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert trainer.fit().skipped_steps == 1
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
+    assert trainer.scheduler.last_epoch == 2  # the schedule still counts the skipped step
+
+
+def test_weights_made_non_finite_by_a_step_stop_the_run_and_are_never_saved(app, tmp_path):
+    # an application's own group lr is not a TrainConfig field: nothing validated it
+    bad = dataclasses.replace(app, param_groups=lambda model, cfg: [{"params": list(model.parameters()),
+                                                                      "lr": math.inf}])
+    config = bad.make_config("smoke", FAST + ["train.ckpt_every=1"])
+    with pytest.raises(TrainingError, match="step 1 made the weights non-finite"):
+        train(bad, config, tmp_path / "run")
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.safetensors"))
 
 
 def test_too_many_bad_steps_in_a_row_stop_training_and_keep_the_last_checkpoint(app, tmp_path):

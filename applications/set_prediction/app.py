@@ -27,6 +27,7 @@ from deqkit.data import SceneConfig, SceneDataset
 from deqkit.data.scenes import PALETTE
 from deqkit.metrics.set_prediction import THRESHOLDS, average_precision, threshold_name
 from deqkit.train import Application, ConfigError, TrainConfig
+from deqkit.train.config import DatasetSize, Iterations
 
 from .model import (DSPNPropertyPredictor, Layout, SetAutoencoder, SlotPropertyPredictor, matched_loss, pair_losses,
                     set_matched_smooth_l1)
@@ -43,9 +44,9 @@ class RandomSetConfig:
     set_size: int = 4
     dim: int = 2
     seed: int = 0
-    train_size: int = 1_000_000
-    val_size: int = 1000
-    test_size: int = 1000
+    train_size: DatasetSize = 1_000_000
+    val_size: DatasetSize = 1000
+    test_size: DatasetSize = 1000
 
     def __post_init__(self) -> None:
         for name in ("set_size", "dim", "train_size", "val_size", "test_size"):
@@ -78,8 +79,8 @@ class SetPredictionConfig:
     encoder_kernel: int = 3
     encoder_downsample: int = 1
     init: Literal["gaussian", "learned"] = "learned"  # slot attention's start
-    iters: int = 3
-    test_iters: int | None = None
+    iters: Iterations = 3
+    test_iters: Iterations | None = None
     solver: Literal["iteration", "anderson", "broyden"] = "iteration"
     backward: Literal["unrolled", "neumann", "ift", "phantom"] = "neumann"
     tol: float | None = None

@@ -13,6 +13,7 @@ from deqkit.data import ImageFolderDataset, SceneConfig, SceneDataset
 from deqkit.metrics import fg_ari, matched_miou
 from deqkit.plots import save_slot_grid
 from deqkit.train import Application, ConfigError, TrainConfig
+from deqkit.train.config import Iterations
 
 from .model import Slate, slate_loss
 
@@ -46,7 +47,7 @@ class SlateConfig:
     num_slots: int = 5
     slot_dim: int = 64
     mlp_hidden: int = 128
-    iters: int = 3
+    iters: Iterations = 3
     init: Literal["gaussian", "learned"] = "gaussian"
     solver: Literal["iteration", "anderson", "broyden"] = "iteration"
     backward: Literal["unrolled", "neumann", "ift", "phantom"] = "neumann"

@@ -13,6 +13,7 @@ from deqkit.metrics import ari, fg_ari, matched_miou, reconstruction_mse
 from deqkit.nn import upsampling_steps
 from deqkit.plots import save_slot_grid
 from deqkit.train import Application, ConfigError, TrainConfig
+from deqkit.train.config import Iterations
 
 from .model import SlotAutoencoder, reconstruction_loss
 
@@ -33,7 +34,7 @@ class SlotAttentionConfig:
     slot_dim: int = 64
     channels: int = 64  # encoder width (and decoder width unless decoder_channels is set)
     mlp_hidden: int = 128
-    iters: int = 3
+    iters: Iterations = 3
     encoder_layers: int = 4
     encoder_kernel: int = 5
     encoder_downsample: int = 0  # stride-2 encoder convolutions (each divides the number of inputs by 4)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -14,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from deqkit.cli.report import RichReporter, fmt, key_value_table
+from deqkit.cli.tables import fmt, key_value_table
 
 app = typer.Typer(
     name="deqkit",
@@ -75,15 +78,14 @@ def train(
     device: Optional[str] = typer.Option(None, metavar="auto|cpu|cuda",
                                          help="Where to train (default: the config's train.device, auto)."),
     seed: Optional[int] = typer.Option(None, help="Random seed (same as --set train.seed=N)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (warnings still print on stderr)."),
 ) -> None:
     """Train an application's model, writing checkpoints, metrics and pictures to a run directory.
 
     Works unchanged under [bold]torchrun --nproc-per-node N -m deqkit train ...[/] (data parallel; only rank 0 writes). Ctrl-C saves a checkpoint; continue with --resume.
     """
+    from deqkit.cli.report import RichReporter
     from deqkit.train.application import load_application
-    from deqkit.train.checkpoint import load_checkpoint
-    from deqkit.train.config import from_dict, resolve_config
     from deqkit.train.errors import UsageError
     from deqkit.train.run_dir import RunDir
     from deqkit.train.trainer import train as run_training
@@ -101,20 +103,18 @@ def train(
         if preset is not None:
             raise UsageError("--preset cannot be combined with --resume (the run's config is in its "
                              "checkpoint); change values with --set")
-        run_dir = RunDir(out)
-        if not run_dir.last.exists():
-            raise UsageError(f"nothing to resume: no checkpoint at {run_dir.last}")
-        ckpt = load_checkpoint(run_dir.last, app=the_app.name)
-        base = from_dict(the_app.config_type, ckpt.config)
-        config = resolve_config(the_app.config_type, base=base, sets=sets)
+        ckpt, config = _resume_point(the_app, RunDir(out), sets)
     else:
         config = the_app.make_config(preset, sets)
         preset = preset or the_app.default_preset
         if out is None:
             out = Path("runs") / f"{the_app.name}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if RunDir(out).holds_run():
-            raise UsageError(f"{out} already holds a run; continue it with --resume or choose another --out")
-    reporter = None if quiet else RichReporter(_stderr(), the_app.name)
+        run_dir = RunDir(out)
+        if run_dir.holds_run():
+            started = "" if run_dir.last.exists() else " (stopped before its first checkpoint: --resume restarts it " \
+                                                        "from step 0 with its config.json)"
+            raise UsageError(f"{out} already holds a run{started}; continue it with --resume or choose another --out")
+    reporter = RichReporter(_stderr(), the_app.name, progress=not quiet)
     result = run_training(the_app, config, out, resume=ckpt, reporter=reporter, preset=preset)
     if result.out is None:  # not rank 0 of a distributed run
         return
@@ -132,6 +132,43 @@ def train(
     rows["metrics"] = str(result.out / "metrics.jsonl")
     rows["images"] = str(result.out / "images")
     _stdout().print(key_value_table("training finished", rows))
+
+
+def _resume_point(the_app: Any, run_dir: Any, sets: list[str]) -> tuple[Any, Any]:
+    """(checkpoint or None, config) to continue ``run_dir`` from: its last checkpoint, else its newest
+    periodic one, else (a run killed before its first checkpoint) step 0 with its config.json."""
+    from deqkit.train.checkpoint import load_checkpoint
+    from deqkit.train.config import resolve_config
+    from deqkit.train.errors import CheckpointError, ConfigError, UsageError
+    from deqkit.train.restore import stored_config
+    from deqkit.train.run_dir import read_config
+
+    periodic = run_dir.periodic_checkpoints()
+    source = run_dir.last if run_dir.last.exists() else (periodic[-1] if periodic else None)
+    if source is not None:
+        if source != run_dir.last:
+            _warn(f"{run_dir.last} is missing: resuming from the newest periodic checkpoint {source.name}")
+        ckpt = load_checkpoint(source, app=the_app.name)
+        return ckpt, resolve_config(the_app.config_type, base=stored_config(the_app, ckpt, source), sets=sets)
+    if not run_dir.config.exists():
+        raise UsageError(f"nothing to resume in {run_dir.root}: no checkpoint and no config.json")
+    saved = read_config(run_dir.config)
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise CheckpointError(f"nothing to resume: no checkpoint, and {run_dir.config} is unreadable")
+    if saved.get("app") != the_app.name:
+        raise CheckpointError(f"{run_dir.config} is a run of application '{saved.get('app')}', not '{the_app.name}'")
+    try:
+        base = resolve_config(the_app.config_type, overrides=saved["config"])
+    except ConfigError as err:
+        raise CheckpointError(f"{run_dir.config} holds an invalid config: {err}") from None
+    _warn(f"{run_dir.root} has no checkpoint yet (the run stopped before its first one): starting it again "
+          f"from step 0 with its config.json")
+    return None, resolve_config(the_app.config_type, base=base, sets=sets)
+
+
+def _warn(message: str) -> None:
+    """A one-line warning on stderr (never hidden by -q: warnings say something is wrong)."""
+    typer.echo("warning: " + " ".join(message.split()), err=True)
 
 
 # ---------------------------------------------------------------------------------------------- eval
@@ -156,12 +193,19 @@ def eval_(
 
     dev = pick_device(device, Dist())
     restored = restore(checkpoint, dev, set_, app=app_spec)
+    _warn_nonfinite(restored)
     values = evaluate(restored.app, restored.model, restored.config, split, dev, limit=batches)
     if json_:
         typer.echo(json.dumps({"app": restored.app.name, "step": restored.checkpoint.step, "split": split,
                                "metrics": values}))
         return
     _stdout().print(key_value_table(f"{restored.app.name} @ step {restored.checkpoint.step}: {split}", values))
+
+
+def _warn_nonfinite(restored: Any) -> None:
+    if restored.nonfinite:
+        _warn(f"{restored.path} holds non-finite weights ({len(restored.nonfinite)} tensors, e.g. "
+              f"{restored.nonfinite[0]}): the numbers below describe a broken model")
 
 
 # ------------------------------------------------------------------------------------------ diagnose
@@ -193,6 +237,7 @@ def diagnose(
 
     dev = pick_device(device, Dist())
     restored = restore(checkpoint, dev, set_, app=app_spec)
+    _warn_nonfinite(restored)
     report = run_diagnose(restored, batches=batches, split=split, device=dev)
     console = _stdout()
     table = Table(title=f"{restored.app.name} @ step {report['step']}: {report['split']} "
@@ -297,6 +342,33 @@ def bench(
     _stdout().print(table)
 
 
+class _Interrupted(BaseException):
+    """Ctrl-C outside the training loop; a BaseException so that it passes click's own KeyboardInterrupt
+    handling (an "Aborted!" and exit 1) and reaches :func:`main`."""
+
+
+def _on_first_sigint(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGINT, _on_second_sigint)  # a second Ctrl-C while unwinding leaves at once
+    raise _Interrupted
+
+
+def _on_second_sigint(signum: int, frame: Any) -> None:
+    os.write(2, b"error: interrupted\n")
+    os._exit(130)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point (``deqkit = deqkit.cli:main``)."""
-    app(args=argv, prog_name="deqkit")
+    """Console-script entry point (``deqkit = deqkit.cli:main``).
+
+    Ctrl-C outside training (e.g. while torch imports) prints ``error: interrupted`` and exits 130, never a
+    traceback; during training the trainer's own handler saves a checkpoint first (see docs/cli.md).
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_first_sigint)
+    try:
+        app(args=argv, prog_name="deqkit")
+    except (_Interrupted, KeyboardInterrupt):
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the interpreter's shutdown (atexit) runs in peace
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)

@@ -1,26 +1,30 @@
-"""Rich output of the CLI: the training progress bar and the result tables."""
+"""Rich output of training: the progress bar and the warnings above it."""
 
 from __future__ import annotations
 
-import math
-from typing import Any, Mapping
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
+from deqkit.cli.tables import fmt
 from deqkit.train.trainer import Reporter
 
 
 class RichReporter(Reporter):
-    """A progress bar (step, loss, steps/s, ETA) on stderr; warnings are printed above it."""
+    """A progress bar (step, loss, steps/s, ETA) on stderr; warnings are printed above it.
 
-    def __init__(self, console: Console, description: str) -> None:
-        self.console, self.description = console, description
+    With ``progress=False`` (``-q``) only the warnings print: they say the data or the weights are wrong.
+    """
+
+    def __init__(self, console: Console, description: str, progress: bool = True) -> None:
+        self.console, self.description, self.show_progress = console, description, progress
         self.progress: Progress | None = None
         self.task: Any = None
 
     def start(self, total: int, completed: int) -> None:
+        if not self.show_progress:
+            return
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} steps/s"),
@@ -41,27 +45,3 @@ class RichReporter(Reporter):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
-
-
-def fmt(value: Any) -> str:
-    """Numbers for tables: 4 significant digits, scientific when tiny or huge."""
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
-            return f"{value:.3e}"
-        return f"{value:.4g}"
-    return str(value)
-
-
-def key_value_table(title: str, rows: Mapping[str, Any]) -> Table:
-    table = Table(title=title, show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    for key, value in rows.items():
-        table.add_row(key, fmt(value))
-    return table

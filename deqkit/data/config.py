@@ -18,6 +18,9 @@ Background = Literal["plain", "colored", "gradient"]
 COLOR_MODES: tuple[str, ...] = get_args(ColorMode)
 BACKGROUNDS: tuple[str, ...] = get_args(Background)
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+# Largest dataset a config may ask for (procedural data is drawn per item, but a config from a checkpoint
+# must not be able to ask for 10^10 items); the presets use at most 1_000_000.
+MAX_DATASET_SIZE = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ class SceneConfig:
             )
         _check_int(self, "seed", low=0)
         for name in ("train_size", "val_size", "test_size"):
-            _check_int(self, name, low=0)
+            _check_int(self, name, low=0, high=MAX_DATASET_SIZE)
 
     def split_size(self, split: str) -> int:
         """Number of scenes in ``split`` ("train", "val" or "test")."""
@@ -106,10 +109,11 @@ def _is_real(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _check_int(cfg: SceneConfig, name: str, low: int) -> None:
+def _check_int(cfg: SceneConfig, name: str, low: int, high: int | None = None) -> None:
     v = getattr(cfg, name)
-    if not isinstance(v, int) or isinstance(v, bool) or v < low:
-        raise ConfigError(f"SceneConfig.{name} must be an integer >= {low}, got {v!r}")
+    if not isinstance(v, int) or isinstance(v, bool) or v < low or (high is not None and v > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ConfigError(f"SceneConfig.{name} must be an integer {bounds}, got {v!r}")
 
 
 def _check_choice(cfg: SceneConfig, name: str, choices: tuple[str, ...]) -> None:

@@ -47,10 +47,19 @@ def _resize_center_crop(img: Image.Image, size: int, resample: Image.Resampling)
 
 
 def _open(path: Path) -> Image.Image:
+    """Decode ``path``, after checking the size its header declares (a 48 KB PNG can claim 20000x20000)."""
     try:
-        img = Image.open(path)
+        img = Image.open(path)  # reads the header only
+        width, height = img.size
+        if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+            raise DataError(f"image {path} is too large to decode safely: its header declares {width}x{height} "
+                            f"pixels, more than PIL.Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS}")
         img.load()
+    except Image.DecompressionBombError as err:  # raised by Image.open itself above twice the limit
+        raise DataError(f"image {path} is too large to decode safely: {err}") from None  # size in the message
     except (OSError, UnidentifiedImageError, ValueError) as err:
+        if isinstance(err, DataError):
+            raise
         raise DataError(f"cannot read image {path}: {err}") from None
     return img
 

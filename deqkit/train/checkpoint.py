@@ -26,6 +26,7 @@ from safetensors.torch import save as st_save
 from deqkit.train.errors import CheckpointError
 
 FORMAT = "deqkit-checkpoint/1"
+_JSON_NAMES = {dict: "object", list: "array"}
 
 
 def deqkit_version() -> str:
@@ -106,12 +107,20 @@ def _split_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], di
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+def _join_optimizer(tensors: dict[str, torch.Tensor], meta: Any) -> dict[str, Any]:
+    """Inverse of :func:`_split_optimizer`; a malformed structure raises ``ValueError``."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("param_groups"), list):
+        raise ValueError("optimizer metadata must be an object with a list 'param_groups'")
+    if not all(isinstance(group, dict) and isinstance(group.get("params"), list) for group in meta["param_groups"]):
+        raise ValueError("every optimizer param group must be an object with a list 'params'")
+    scalars = meta.get("scalars", {})
+    if not isinstance(scalars, dict) or not all(isinstance(v, dict) for v in scalars.values()):
+        raise ValueError("optimizer 'scalars' must map parameter ids to objects")
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         _, param_id, key = name.split("/", 2)
         state.setdefault(int(param_id), {})[key] = value
-    for param_id, entries in meta.get("scalars", {}).items():
+    for param_id, entries in scalars.items():
         state.setdefault(int(param_id), {}).update(entries)
     return {"state": state, "param_groups": meta["param_groups"]}
 
@@ -216,6 +225,18 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     return meta
 
 
+def _json(meta: dict[str, str], key: str, kind: type, default: Any = ...) -> Any:
+    """The JSON value of metadata ``key``, which must be of type ``kind`` (``ValueError`` otherwise)."""
+    if key not in meta:
+        if default is ...:
+            raise KeyError(key)
+        return default
+    value = json.loads(meta[key])
+    if not isinstance(value, kind):
+        raise ValueError(f"metadata '{key}' must be a JSON {_JSON_NAMES[kind]}, got {type(value).__name__}")
+    return value
+
+
 def load_checkpoint(path: str | os.PathLike, *, app: str | None = None) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint`; ``app`` checks it belongs to that application."""
     path = Path(path)
@@ -227,19 +248,21 @@ def load_checkpoint(path: str | os.PathLike, *, app: str | None = None) -> Check
         if "sha256" in meta and hashlib.sha256(_data_section(blob)).hexdigest() != meta["sha256"]:
             raise CheckpointError(f"checkpoint {path} is corrupt: tensor data does not match its checksum")
         tensors = st_load(blob)
-        config = json.loads(meta["config"])
+        config = _json(meta, "config", dict)
         step = int(meta["step"])
-        state = json.loads(meta.get("state", "{}"))
+        if step < 0:
+            raise ValueError(f"step {step} is negative")
+        state = _json(meta, "state", dict, default={})
         optimizer = None
         if "optimizer" in meta:
             optim_tensors = {k: v for k, v in tensors.items() if k.startswith("optim/")}
             optimizer = _join_optimizer(optim_tensors, json.loads(meta["optimizer"]))
-        scheduler = json.loads(meta["scheduler"]) if "scheduler" in meta else None
+        scheduler = _json(meta, "scheduler", dict, default=None)
         rng = None
         if "rng" in meta:
             rng = {"tensors": {k: v for k, v in tensors.items() if k.startswith("rng/")},
-                   "meta": json.loads(meta["rng"])}
-    except (SafetensorError, OSError, ValueError, KeyError) as err:
+                   "meta": _json(meta, "rng", dict)}
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
         raise CheckpointError(f"cannot read checkpoint {path}: corrupt content ({type(err).__name__}: "
                               f"{err})") from None
     model = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}

@@ -2,19 +2,55 @@
 
 An application's config is a dataclass with a ``train: TrainConfig`` field plus its own fields (which may
 be nested dataclasses). Every value is checked against its field's type; unknown keys are errors that
-list the valid ones, so a typo never silently trains the wrong model.
+list the valid ones, so a typo never silently trains the wrong model. Floats must be finite, and a field
+annotated with a :class:`Range` (e.g. ``hidden: Dim``, ``max_iter: Iterations``) must lie in it: a config
+from a checkpoint or ``--set`` can never ask for a negative width, an endless solve or a huge dataset.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, fields, is_dataclass
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
+from deqkit.data.config import MAX_DATASET_SIZE
 from deqkit.errors import ConfigError as _CoreConfigError
 from deqkit.train.errors import ConfigError
+
+MAX_ITERATIONS = 1_000  # cap of iteration counts in configs (max_iter, iters): every solve ends (presets use <= 30)
+MAX_LR = 1.0  # AdamW moves each weight by about lr per step: above 1 nothing trains, and 1e38 overflows
+MAX_BATCH_SIZE = 65_536  # per process; a checkpoint cannot ask evaluation for a batch of 10^9
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a numeric config field, attached with ``typing.Annotated`` (e.g. ``Annotated[int, Range(1)]``).
+
+    ``from_dict``/``resolve_config`` reject a value outside ``[low, high]`` with a one-line error giving ``why``.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    why: str = ""
+
+    def holds(self, value: Any) -> bool:
+        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+
+    def describe(self) -> str:
+        if self.high is None:
+            return f">= {self.low}"
+        if self.low is None:
+            return f"<= {self.high}"
+        return f"in [{self.low}, {self.high}]"
+
+
+Dim = Annotated[int, Range(1, why="a model size (width, channels, slots) must be positive")]
+Iterations = Annotated[int, Range(1, MAX_ITERATIONS, why=f"iteration counts are capped at {MAX_ITERATIONS} so "
+                                  "that no config (a checkpoint's or --set) asks for an endless solve")]
+DatasetSize = Annotated[int, Range(0, MAX_DATASET_SIZE, why=f"dataset sizes are capped at {MAX_DATASET_SIZE}")]
 
 
 @dataclass
@@ -52,10 +88,17 @@ class TrainConfig:
                      "keep_checkpoints"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be positive, got {self.lr}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ConfigError(f"train.grad_clip must be positive or none, got {self.grad_clip}")
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise ConfigError(f"train.batch_size must be <= {MAX_BATCH_SIZE}, got {self.batch_size}")
+        if self.spectral_iters > MAX_ITERATIONS:
+            raise ConfigError(f"train.spectral_iters must be <= {MAX_ITERATIONS}, got {self.spectral_iters}")
+        # written as `not (low < x <= high)` so that NaN fails too
+        if not 0 < self.lr <= MAX_LR:
+            raise ConfigError(f"train.lr must be in (0, {MAX_LR}], got {self.lr}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ConfigError(f"train.weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:
+            raise ConfigError(f"train.grad_clip must be a finite positive number or none, got {self.grad_clip}")
         if self.num_threads is not None and self.num_threads <= 0:
             raise ConfigError(f"train.num_threads must be positive or none, got {self.num_threads}")
 
@@ -64,11 +107,14 @@ class TrainConfig:
 
 
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    """Field types of a config dataclass, with their ``Annotated`` bounds kept."""
+    return typing.get_type_hints(cls, include_extras=True)
 
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _type_name(typing.get_args(tp)[0])
     if origin is Literal:
         return "one of " + "|".join(str(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
@@ -87,6 +133,10 @@ class _Mismatch(Exception):
     pass
 
 
+class _OutOfRange(Exception):
+    """The value has the field's type but not an allowed value (its message says which are allowed)."""
+
+
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
@@ -95,6 +145,13 @@ def _coerce(value: Any, tp: Any, from_text: bool) -> Any:
     """Convert ``value`` (a Python/JSON value, or a string from the command line) to type ``tp``."""
     origin = typing.get_origin(tp)
     if tp is Any:
+        return value
+    if origin is Annotated:
+        base, *extras = typing.get_args(tp)
+        value = _coerce(value, base, from_text)
+        for bound in extras:
+            if isinstance(bound, Range) and not bound.holds(value):
+                raise _OutOfRange(f"must be {bound.describe()}" + (f" ({bound.why})" if bound.why else ""))
         return value
     if tp is type(None):
         if value is None or (from_text and str(value).lower() in ("none", "null")):
@@ -152,13 +209,17 @@ def _coerce(value: Any, tp: Any, from_text: bool) -> Any:
         if isinstance(value, bool):
             raise _Mismatch
         if isinstance(value, (int, float)):
-            return float(value)
-        if from_text and isinstance(value, str):
+            number = float(value)
+        elif from_text and isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 raise _Mismatch from None
-        raise _Mismatch
+        else:
+            raise _Mismatch
+        if not math.isfinite(number):  # NaN and inf are never a setting, only a typo or a poisoned file
+            raise _OutOfRange("must be a finite number")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -218,6 +279,8 @@ def _convert(key: str, value: Any, tp: Any, from_text: bool) -> Any:
         return _coerce(value, tp, from_text)
     except _Mismatch:
         raise ConfigError(f"bad value {value!r} for config key '{key}': expected {_type_name(tp)}") from None
+    except _OutOfRange as err:
+        raise ConfigError(f"bad value {value!r} for config key '{key}': {err}") from None
 
 
 def _unknown(key: str, root: type) -> None:
@@ -282,5 +345,6 @@ def _default(cls: type) -> Any:
         raise ConfigError(f"config {cls.__name__} needs a default for every field: {err}") from None
 
 
-__all__ = ["TrainConfig", "config_keys", "to_dict", "from_dict", "resolve_config", "parse_set",
+__all__ = ["TrainConfig", "Range", "Dim", "Iterations", "DatasetSize", "MAX_ITERATIONS", "MAX_LR",
+           "MAX_BATCH_SIZE", "config_keys", "to_dict", "from_dict", "resolve_config", "parse_set",
            "flatten_overrides"]

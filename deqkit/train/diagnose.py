@@ -46,6 +46,28 @@ def _loss_grads(restored: Restored, batch: Any, params: list[torch.Tensor]) -> t
     return grads
 
 
+def _finite(z: Any) -> bool:
+    """Whether every tensor of a fixed point (a tensor or a pytree of them) is finite."""
+    if isinstance(z, torch.Tensor):
+        return bool(torch.isfinite(z).all())
+    if isinstance(z, dict):
+        return all(_finite(v) for v in z.values())
+    if isinstance(z, (list, tuple)):
+        return all(_finite(v) for v in z)
+    return True
+
+
+def _or_nan(measure: Any, samples: int, defined: bool) -> torch.Tensor:
+    """``measure()`` on the CPU, or NaN per sample when it is not defined or a linear-algebra routine fails
+    to converge; NaN is reported as null, as docs/cli.md promises for numbers that do not exist."""
+    if defined:
+        try:
+            return measure().detach().cpu()
+        except torch.linalg.LinAlgError:
+            pass
+    return torch.full((samples,), math.nan)
+
+
 def _stat(values: list[torch.Tensor], how: str) -> float:
     if not values:
         return math.nan
@@ -96,9 +118,12 @@ def diagnose(restored: Restored, *, batches: int = 2, split: str | None = None,
                 a["converged"].append(info.converged.detach().cpu())
                 a["residual"].append(info.residual.detach().cpu())
                 f = fp.closure(*last.inputs)
+                # df/dz has no spectrum when the weights or the fixed point hold NaN/Inf: report null
+                defined = not restored.nonfinite and _finite(last.z)
                 with torch.random.fork_rng(devices=[]):
-                    a["norm"].append(spectral_norm(f, last.z, iters=norm_iters).detach().cpu())
-                    a["radius"].append(spectral_radius(f, last.z).detach().cpu())
+                    a["norm"].append(_or_nan(lambda: spectral_norm(f, last.z, iters=norm_iters), samples_here,
+                                             defined))
+                    a["radius"].append(_or_nan(lambda: spectral_radius(f, last.z), samples_here, defined))
             samples += samples_here
     finally:
         for name, fp in fps:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 from deqkit.train.checkpoint import atomic_write
+from deqkit.train.errors import UsageError
 
 
 class RunDir:
@@ -28,13 +30,35 @@ class RunDir:
         self._tb: Any = None
 
     def holds_run(self) -> bool:
-        return self.last.exists() or self.metrics.exists() or self.config.exists()
+        """Whether any file of a run is here (config, metrics, a checkpoint, a picture, TensorBoard logs), so
+        that a new run never overwrites one, even one killed before its first checkpoint."""
+        try:
+            if self.config.exists() or self.metrics.exists():
+                return True
+            return any(path.is_file() for folder in (self.checkpoints, self.images, self.root / "tensorboard")
+                       if folder.is_dir() for path in folder.rglob("*"))
+        except OSError:  # unreadable: create() reports it
+            return False
+
+    def periodic_checkpoints(self) -> list[Path]:
+        """``step_*.safetensors``, oldest first."""
+        return sorted(self.checkpoints.glob("step_*.safetensors")) if self.checkpoints.is_dir() else []
 
     def create(self) -> None:
-        for folder in (self.root, self.checkpoints, self.images):
-            folder.mkdir(parents=True, exist_ok=True)
-        for stale in self.checkpoints.glob(".*.tmp-*"):  # left by a process killed while writing
-            stale.unlink(missing_ok=True)
+        """Make the folders and prove they are writable; an unusable folder is a one-line :class:`UsageError`."""
+        probe = self.root / f".deqkit-write-test-{os.getpid()}"
+        try:
+            for folder in (self.root, self.checkpoints, self.images):
+                folder.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+            for stale in self.checkpoints.glob(".*.tmp-*"):  # left by a process killed while writing
+                stale.unlink(missing_ok=True)
+        except OSError as err:
+            reason = err.strerror or type(err).__name__
+            where = f" ({err.filename})" if err.filename else ""
+            raise UsageError(f"cannot use {self.root} as a run directory: {reason}{where}; "
+                             "choose another --out") from None
 
     def write_config(self, payload: dict[str, Any]) -> None:
         atomic_write(self.config, (json.dumps(payload, indent=2) + "\n").encode())
@@ -44,7 +68,7 @@ class RunDir:
 
     def prune(self, keep: int) -> None:
         """Delete all but the newest ``keep`` periodic checkpoints (``last`` is never deleted)."""
-        periodic = sorted(self.checkpoints.glob("step_*.safetensors"))
+        periodic = self.periodic_checkpoints()
         for path in periodic[:max(0, len(periodic) - keep)]:
             path.unlink(missing_ok=True)
 

@@ -2,6 +2,8 @@
 
 Reliability is the point: checkpoints are atomic and hold everything needed to continue bit-exactly on
 CPU (weights, optimiser, scheduler, RNG states, data position); non-finite steps are skipped and counted;
+a step that makes the weights themselves non-finite stops the run, and no checkpoint is ever written
+from non-finite weights;
 SIGINT/SIGTERM save a checkpoint before exiting; under ``torchrun`` the ranks agree on every decision
 through one all-reduce per step and only rank 0 writes.
 """
@@ -14,6 +16,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,12 +27,13 @@ from torch import nn
 
 from deqkit.train import monitor
 from deqkit.train.application import Application
+from deqkit.train.build import check_memory, meta_state, mismatch
 from deqkit.train.checkpoint import Checkpoint, capture_rng, deqkit_version, restore_rng, save_checkpoint
 from deqkit.train.config import TrainConfig, to_dict
 from deqkit.train.data import EpochBatches, TrainStream, to_device
 from deqkit.train.distributed import (Dist, broadcast_module, init_distributed, params_in_sync, shutdown,
                                       sync_gradients)
-from deqkit.train.errors import ApplicationError, DeqkitError, TrainingError, UsageError
+from deqkit.train.errors import ApplicationError, CheckpointError, DeqkitError, TrainingError, UsageError
 from deqkit.train.evaluate import autocast, evaluate
 from deqkit.train.run_dir import RunDir, read_config
 
@@ -104,6 +108,11 @@ def optimizer_groups(app: Application, model: nn.Module, config: Any, params: li
     return [g for g in groups if g["params"]]
 
 
+def weights_finite(params: list[torch.Tensor]) -> bool:
+    """Whether every parameter is finite: one fused max-norm over all of them (NaN and Inf propagate)."""
+    return math.isfinite(torch.nn.utils.get_total_norm(params, norm_type=math.inf).item())
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -151,11 +160,21 @@ class Trainer:
         self.dist = init_distributed(self.use_cuda)
         self.device = pick_device(self.train_cfg.device, self.dist)
         self.run = RunDir(out) if (out is not None and self.dist.is_main) else None
+        if self.run is not None:
+            self.run.create()  # an unusable folder is a one-line error before any model or data is built
         self.reporter = reporter if (reporter is not None and self.dist.is_main) else Reporter()
         if self.train_cfg.num_threads and self.device.type == "cpu":
             torch.set_num_threads(max(1, self.train_cfg.num_threads // self.dist.world))
 
         seed_everything(self.train_cfg.seed)
+        # the config's model on the meta device first: a resumed checkpoint must fit it and the weights,
+        # gradients and two AdamW moments must fit in memory, before anything is allocated or initialised
+        expected = meta_state(app, config)
+        problem = mismatch(expected, resume.model) if resume is not None else None
+        if problem:
+            raise CheckpointError(f"the checkpoint does not fit the model of '{app.name}' built from its config: "
+                                  f"{problem}")
+        check_memory(app, expected, self.device, copies=4)
         self.model = app.build_model(config).to(self.device)
         broadcast_module(self.model, self.dist)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -179,33 +198,37 @@ class Trainer:
         self._window = _Window()
         if resume is not None:
             self._restore(resume)
+        if self.step > self.train_cfg.steps:
+            raise UsageError(f"train.steps={self.train_cfg.steps} is below the step {self.step} the run has "
+                             f"reached; a resumed run can only go on (set train.steps >= {self.step})")
 
     # ------------------------------------------------------------------------------------ state
 
     def _restore(self, ckpt: Checkpoint) -> None:
+        bad = [name for name, value in ckpt.model.items()
+               if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+        if bad:
+            raise CheckpointError(f"the checkpoint at step {ckpt.step} holds non-finite weights ({bad[0]}"
+                                  f"{' ...' if len(bad) > 1 else ''}); resume from an earlier step_*.safetensors")
         try:
             self.model.load_state_dict({k: v.to(self.device) for k, v in ckpt.model.items()})
             if ckpt.optimizer is not None:
                 self.optimizer.load_state_dict(ckpt.optimizer)
             if ckpt.scheduler is not None:
                 self.scheduler.load_state_dict(ckpt.scheduler)
-        except (RuntimeError, KeyError, ValueError) as err:
-            from deqkit.train.errors import CheckpointError
-
-            raise CheckpointError(f"checkpoint does not fit this model: {' '.join(str(err).split())[:300]}")
-        self.step = ckpt.step
-        self.skipped = int(ckpt.state.get("skipped_steps", 0))
-        self.elapsed_before = float(ckpt.state.get("elapsed", 0.0))
-        self.last_metrics = dict(ckpt.state.get("last_metrics", {}))
-        self._window.load_state(ckpt.state.get("window", {}))
-        if "data" in ckpt.state:
-            data_state = ckpt.state["data"]
-            # each rank's position is the same (epoch, index) since all ranks step together
-            self.stream.load_state(data_state)
-        if ckpt.rng is not None:
-            restore_rng(ckpt.rng["tensors"], ckpt.rng["meta"])
-        if self.run is not None:
-            self.run.truncate_after(self.step)
+            self.step = ckpt.step
+            self.skipped = int(ckpt.state.get("skipped_steps", 0))
+            self.elapsed_before = float(ckpt.state.get("elapsed", 0.0))
+            self.last_metrics = {str(k): float(v) for k, v in dict(ckpt.state.get("last_metrics", {})).items()}
+            self._window.load_state(dict(ckpt.state.get("window", {})))
+            if "data" in ckpt.state:
+                # each rank's position is the same (epoch, index) since all ranks step together
+                self.stream.load_state(ckpt.state["data"])
+            if ckpt.rng is not None:
+                restore_rng(ckpt.rng["tensors"], ckpt.rng["meta"])
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as err:
+            raise CheckpointError(f"checkpoint state does not fit this run ({type(err).__name__}): "
+                                  f"{' '.join(str(err).split())[:300]}") from None
 
     def checkpoint(self, elapsed: float) -> Checkpoint:
         """The full state of the run after ``self.step`` steps."""
@@ -223,6 +246,8 @@ class Trainer:
     def save(self, elapsed: float, periodic: bool) -> Path | None:
         if self.run is None:
             return None
+        if not weights_finite(self.params):
+            raise TrainingError(f"refusing to write a checkpoint at step {self.step}: the weights are not finite")
         ckpt = self.checkpoint(elapsed)
         save_checkpoint(self.run.last, ckpt)
         if periodic:
@@ -237,6 +262,7 @@ class Trainer:
         cfg = self.train_cfg
         if self.run is not None:
             self.run.create()
+            self.run.truncate_after(self.step)  # records of a run that died after its last checkpoint
             if self.preset is None and self.run.config.exists():  # a resumed run keeps its preset name
                 self.preset = read_config(self.run.config).get("preset")
             self.run.write_config({"app": self.app.name, "app_path": str(self.app.path or ""),
@@ -343,8 +369,17 @@ class Trainer:
             if cfg.grad_clip is not None:
                 torch.nn.utils.clip_grads_with_norm_(self.params, cfg.grad_clip, torch.tensor(grad_norm))
             self.optimizer.step()
+            if not weights_finite(self.params):
+                raise TrainingError(
+                    f"step {self.step + 1} made the weights non-finite (train.lr={cfg.lr}, "
+                    f"train.weight_decay={cfg.weight_decay}); stopped without writing a checkpoint from them, "
+                    f"the checkpoints already written are kept; try a lower train.lr or set train.grad_clip")
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # a skipped step leaves the optimiser unstepped on purpose; the schedule still follows the step count
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before",
+                                    category=UserWarning)
+            self.scheduler.step()
         if self.dist.enabled:  # keep floating buffers (e.g. running statistics) identical
             for buffer in self.model.buffers():
                 if buffer.is_floating_point():

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from deqkit.train import Application, TrainConfig
+from deqkit.train.config import DatasetSize, Dim, Iterations
 
 from .data import Spirals, batched
 from .model import ToyDEQ
@@ -21,16 +22,16 @@ class ToyConfig:
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(eval_every=250, ckpt_every=250,
                                                                    image_every=500))
-    arms: int = 3
+    arms: Dim = 3
     noise: float = 0.1
-    train_size: int = 4096
-    eval_size: int = 1024
-    hidden: int = 32
+    train_size: DatasetSize = 4096
+    eval_size: DatasetSize = 1024
+    hidden: Dim = 32
     fourier_scale: float = 1.0  # std of the fixed random frequencies of the input features
     solver: Literal["iteration", "anderson", "broyden"] = "anderson"
     backward: Literal["ift", "neumann", "phantom", "unrolled"] = "ift"
     tol: float = 1e-4
-    max_iter: int = 30
+    max_iter: Iterations = 30
 
 
 PRESETS = {
