@@ -34,3 +34,21 @@ def resolve_choice(kind: str, value: str | T, registry: Mapping[str, type[T]], b
     if isinstance(value, str) and value in registry:
         return registry[value]()
     raise unknown_choice(kind, value, registry)
+
+
+class CheckedOptions:
+    """Base of option objects (solvers, gradient estimators, linear solvers) that are dataclasses: an
+    unknown keyword or too many positional arguments is a :class:`ConfigError` naming the valid options,
+    the same error ``fixed_point`` gives, instead of Python's ``TypeError``."""
+
+    def __new__(cls, *args: object, **kwargs: object):
+        import dataclasses
+
+        if dataclasses.is_dataclass(cls):
+            names = [f.name for f in dataclasses.fields(cls) if f.init]
+            where = f"{cls.__name__}()"
+            reject_unknown_options(where, {k: v for k, v in kwargs.items() if k not in names}, names)
+            if len(args) > len(names):
+                raise ConfigError(f"{where} takes at most {len(names)} positional options "
+                                  f"({', '.join(names) or 'none'}), got {len(args)}")
+        return super().__new__(cls)

@@ -13,12 +13,12 @@ from typing import Callable
 
 import torch
 
-from deqkit.errors import ConfigError
+from deqkit.errors import CheckedOptions, ConfigError
 from deqkit.solvers.base import SolveInfo, StopMode, is_transformed
 
 
 @dataclass(frozen=True)
-class GMRES:
+class GMRES(CheckedOptions):
     """GMRES restarted every ``restart`` matrix-vector products (memory: ``restart`` vectors per sample)."""
 
     restart: int = 20

@@ -211,3 +211,18 @@ def test_a_fixed_count_loop_evaluates_f_max_iter_times_plus_the_estimators_steps
         with torch.set_grad_enabled(grad):
             _, info = layer(z0, x)
         assert len(calls) == 3 + extra and (info.nfe == 3).all()  # info.nfe counts the solver's evaluations
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: deqkit.solvers.Anderson(window=3), "unknown option 'window' for Anderson(); valid options: beta, m, "
+                                                "regularization, safeguard"),
+    (lambda: deqkit.solvers.Broyden(memory=4), "unknown option 'memory' for Broyden()"),
+    (lambda: IFT(tolerance=1e-6), "unknown option 'tolerance' for IFT(); valid options: max_iter, solver, "
+                                  "stop_mode, tol"),
+    (lambda: Neumann(1, 2), "Neumann() takes at most 1 positional options (k), got 2"),
+    (lambda: Unrolled(k=1), "unknown option 'k' for Unrolled(); valid options: \n"),
+], ids=["anderson", "broyden", "ift", "neumann-positional", "unrolled"])
+def test_unknown_solver_and_estimator_options_are_the_same_config_error(build, message):
+    with pytest.raises(deqkit.ConfigError) as err:
+        build()
+    assert str(err.value).startswith(message.rstrip("\n")), str(err.value)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import torch
 
+from deqkit.errors import CheckedOptions
 from deqkit.solvers.base import FlatMap
 
 
-class BackwardEstimator:
+class BackwardEstimator(CheckedOptions):
     """Base class. ``unrolled`` estimators record the solve; the others implement ``attach``."""
 
     unrolled: bool = False

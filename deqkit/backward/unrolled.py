@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -14,7 +15,7 @@ from deqkit.solvers.base import FlatMap
 class Unrolled(BackwardEstimator):
     """Autograd through the whole forward solve: exact for the truncated loop, O(iterations) memory."""
 
-    unrolled: bool = True
+    unrolled: ClassVar[bool] = True  # a property of the class, not an option
 
     def attach(self, f: FlatMap, z_star: torch.Tensor) -> torch.Tensor:
         return z_star

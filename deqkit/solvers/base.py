@@ -11,6 +11,8 @@ from typing import Callable, Literal
 
 import torch
 
+from deqkit.errors import CheckedOptions
+
 FlatMap = Callable[[torch.Tensor], torch.Tensor]
 RowMap = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (z[rows], rows) -> f(z)[rows]
 StopMode = Literal["abs", "rel"]
@@ -132,7 +134,7 @@ FIXED_COUNT_CHUNK = 32  # fixed-count solves turn their iterates into residuals 
 CHUNK_BYTES = 2**19  # iterates kept between flushes: small enough to stay in cache
 
 
-class Solver:
+class Solver(CheckedOptions):
     """A forward solver: finds z with f(z) = z for every sample of a flat ``[B, D]`` batch.
 
     A solver is an immutable object holding its algorithm's parameters; it implements ``_start`` (fresh
