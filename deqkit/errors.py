@@ -42,13 +42,19 @@ class CheckedOptions:
     the same error ``fixed_point`` gives, instead of Python's ``TypeError``."""
 
     def __new__(cls, *args: object, **kwargs: object):
-        import dataclasses
-
-        if dataclasses.is_dataclass(cls):
-            names = [f.name for f in dataclasses.fields(cls) if f.init]
-            where = f"{cls.__name__}()"
-            reject_unknown_options(where, {k: v for k, v in kwargs.items() if k not in names}, names)
-            if len(args) > len(names):
-                raise ConfigError(f"{where} takes at most {len(names)} positional options "
-                                  f"({', '.join(names) or 'none'}), got {len(args)}")
+        # the common path reads one dict, so building an option object under torch.compile stays traceable
+        known = getattr(cls, "__dataclass_fields__", None)
+        if known is not None and (len(args) > len(known) or any(key not in known for key in kwargs)):
+            _reject_options(cls, args, kwargs)
         return super().__new__(cls)
+
+
+def _reject_options(cls: type, args: tuple, kwargs: dict) -> None:
+    import dataclasses
+
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    where = f"{cls.__name__}()"
+    reject_unknown_options(where, {k: v for k, v in kwargs.items() if k not in names}, names)
+    if len(args) > len(names):
+        raise ConfigError(f"{where} takes at most {len(names)} positional options ({', '.join(names) or 'none'}), "
+                          f"got {len(args)}")

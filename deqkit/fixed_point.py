@@ -6,8 +6,9 @@ each other's internals. Gradients are recorded exactly when ``torch.is_grad_enab
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Literal
 
 import torch
 from torch import nn
@@ -18,12 +19,16 @@ from deqkit.pytree import State, StateSpec, flat_map, spec_of, tree_leaves, tree
 from deqkit.solvers import Solver, resolve_solver
 from deqkit.solvers.base import STOP_MODES, SolveInfo, StopMode
 
-OPTIONS = ("solver", "backward", "tol", "max_iter", "stop_mode")
+OPTIONS = ("solver", "backward", "tol", "max_iter", "stop_mode", "z0_grad")
+Z0Grad = Literal["none", "straight_through"]
+Z0_GRADS = ("none", "straight_through")
 FIXED_POINT_OPTIONS = ("inputs", *OPTIONS)
 
 
-def check_options(tol: float | None, max_iter: int, stop_mode: str) -> None:
+def check_options(tol: float | None, max_iter: int, stop_mode: str, z0_grad: str = "none") -> None:
     """Validate the solve options shared by ``fixed_point`` and ``FixedPoint``."""
+    if z0_grad not in Z0_GRADS:
+        raise unknown_choice("z0_grad", z0_grad, Z0_GRADS)
     if tol is not None and not (isinstance(tol, (int, float)) and tol > 0):
         raise ConfigError(f"tol={tol!r} is invalid; use a positive number, or None for a fixed iteration count")
     if isinstance(max_iter, bool) or not (isinstance(max_iter, int) and max_iter >= 1):
@@ -42,6 +47,7 @@ def fixed_point(
     max_iter: int = 50,
     stop_mode: StopMode = "rel",
     inputs: tuple | None = None,
+    z0_grad: Z0Grad = "none",
     **unknown: Any,
 ) -> tuple[State, SolveInfo]:
     """Solve z = f(z) per sample from ``z0`` and return ``(z, info)`` with gradients from ``backward``.
@@ -57,9 +63,14 @@ def fixed_point(
     (pytrees of batch-first tensors). Once a quarter of the batch has stopped, the solver then works on the
     samples still running only (``f(z[rows], *inputs[rows])`` and its own update), so samples that
     converged stop costing time; results are the same as without ``inputs``.
+
+    ``z0_grad``: what an implicit estimator gives ``z0`` (the fixed point does not depend on where the
+    solve starts, so by default nothing); ``"straight_through"`` passes the result's gradient to ``z0``
+    unchanged (z + z0 − z0.detach(), zero in value), as a learned slot initialisation needs. ``Unrolled``
+    always gives ``z0`` the exact gradient of the loop.
     """
     reject_unknown_options("fixed_point", unknown, FIXED_POINT_OPTIONS)
-    check_options(tol, max_iter, stop_mode)
+    check_options(tol, max_iter, stop_mode, z0_grad)
     solver_obj, estimator = resolve_solver(solver), resolve_backward(backward)
     spec = spec_of(z0)
     f_rows = None
@@ -83,7 +94,34 @@ def fixed_point(
         # The estimator's steps from z* run whether or not gradients are recorded, so evaluation returns
         # the value training computed (a fixed-count loop would otherwise be k updates short under no_grad).
         z = estimator.attach(f_flat, z)
+        if z0_grad == "straight_through" and torch.is_grad_enabled():
+            z = z + (z0_flat - z0_flat.detach())  # zero in value; identity gradient to z0
+    if _recorders and not torch.compiler.is_compiling():
+        _recorders[-1].append(SolveRecord(info=info, tol=tol))
     return spec.unflatten(z), info
+
+
+@dataclass(frozen=True)
+class SolveRecord:
+    """One ``fixed_point`` call seen by :func:`record_solves`: its solve info and tolerance."""
+
+    info: SolveInfo
+    tol: float | None
+
+
+_recorders: list[list[SolveRecord]] = []
+
+
+@contextmanager
+def record_solves() -> Iterator[list[SolveRecord]]:
+    """Collect every direct ``fixed_point`` call made inside the block (``FixedPoint`` layers keep their own
+    ``last`` record and are not repeated here), so a trainer can log solves it cannot see as modules."""
+    records: list[SolveRecord] = []
+    _recorders.append(records)
+    try:
+        yield records
+    finally:
+        _recorders.remove(records)
 
 
 def row_map(step: Callable[..., State], inputs: tuple, spec: StateSpec) -> Callable | None:
@@ -143,15 +181,16 @@ class FixedPoint(nn.Module):
         tol: float | None = 1e-4,
         max_iter: int = 50,
         stop_mode: StopMode = "rel",
+        z0_grad: Z0Grad = "none",
         **unknown: Any,
     ):
         super().__init__()
         reject_unknown_options("FixedPoint", unknown, OPTIONS)
-        check_options(tol, max_iter, stop_mode)
+        check_options(tol, max_iter, stop_mode, z0_grad)
         self.step = step
         self.solver = solver
         self.backward = backward
-        self.tol, self.max_iter, self.stop_mode = tol, max_iter, stop_mode
+        self.tol, self.max_iter, self.stop_mode, self.z0_grad = tol, max_iter, stop_mode, z0_grad
         self.last: FixedPointRecord | None = None
 
     @property
@@ -184,10 +223,14 @@ class FixedPoint(nn.Module):
             tol=self.tol,
             max_iter=self.max_iter,
             stop_mode=self.stop_mode,
+            z0_grad=self.z0_grad,
         )
+        if _recorders and not torch.compiler.is_compiling():
+            _recorders[-1].pop()  # logged through self.last, not as a direct call
         detach = lambda t: t.detach() if isinstance(t, torch.Tensor) else t  # noqa: E731
         self.last = FixedPointRecord(z=tree_map(detach, z), inputs=tree_map(detach, inputs), info=info)
         return z, info
 
     def extra_repr(self) -> str:
-        return f"solver={self._solver}, backward={self._backward}, tol={self.tol}, max_iter={self.max_iter}, stop_mode={self.stop_mode!r}"
+        return (f"solver={self._solver}, backward={self._backward}, tol={self.tol}, max_iter={self.max_iter}, "
+                f"stop_mode={self.stop_mode!r}, z0_grad={self.z0_grad!r}")

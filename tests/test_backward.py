@@ -178,3 +178,31 @@ def test_estimator_names_and_parameters_are_checked():
         Phantom(damping=0.0)
     with pytest.raises(deqkit.ConfigError, match="valid choices"):
         IFT(solver="cg")
+
+
+@pytest.mark.parametrize("structure", ["tensor", "dict"])
+@pytest.mark.parametrize("estimator", [IFT(tol=1e-12, max_iter=200), Neumann(2)], ids=str)
+def test_z0_grad_straight_through_gives_z0_the_results_gradient_and_leaves_the_rest_exact(structure, estimator):
+    """With ``z0_grad="straight_through"`` z0's gradient is ∂ℓ/∂z* itself (identity), the parameters'
+    gradients are those without the option (for IFT: the dense oracle's), and the value is unchanged."""
+    f, z0, params, v, unpack = make_problem(structure)
+    z0 = torch.utils._pytree.tree_map(lambda t: t.clone().requires_grad_(), z0)
+    plain, _ = deqkit.fixed_point(f, z0, tol=1e-13, max_iter=1000, backward=estimator)
+    z, _ = deqkit.fixed_point(f, z0, tol=1e-13, max_iter=1000, backward=estimator, z0_grad="straight_through")
+    assert torch.equal(unpack(z), unpack(plain))
+    leaves = torch.utils._pytree.tree_leaves(z0)
+    *param_grads, = torch.autograd.grad((unpack(z) * unpack(v)).sum(), (*params, *leaves))
+    got_params, got_z0 = param_grads[:2], param_grads[2:]
+    for leaf_grad, cotangent in zip(got_z0, torch.utils._pytree.tree_leaves(v)):
+        torch.testing.assert_close(leaf_grad, cotangent, rtol=0, atol=0)
+    reference = oracle(f, z0, params, v) if isinstance(estimator, IFT) else grads_of(
+        f, z0, params, v, unpack, backward=estimator)
+    for g, e in zip(got_params, reference):
+        assert relative_error(g, e) < 1e-6
+    default, _ = deqkit.fixed_point(f, z0, tol=1e-13, max_iter=1000, backward=estimator)
+    assert all(g is None for g in torch.autograd.grad(unpack(default).sum(), leaves, allow_unused=True))
+
+
+def test_unknown_z0_grad_is_a_config_error():
+    with pytest.raises(deqkit.ConfigError, match="unknown z0_grad 'identity'; valid choices: none, straight_through"):
+        deqkit.fixed_point(torch.tanh, torch.zeros(2, 3), z0_grad="identity")

@@ -195,3 +195,31 @@ def test_summarize_hook_gets_every_batch_and_its_values_join_the_means(app, tmp_
     assert values["pooled_accuracy"] == pytest.approx(values["accuracy"])
     result = train(summarizing, app.make_config("smoke", FAST), tmp_path / "run")  # the trainer's validation
     assert "pooled_accuracy" in result.metrics and "ones" in result.metrics
+
+
+class _DirectSolve(torch.nn.Module):
+    """The toy model's fixed point through a direct ``deqkit.fixed_point`` call instead of a FixedPoint layer."""
+
+    def __init__(self, step: torch.nn.Module) -> None:
+        super().__init__()
+        self.step = step
+
+    def forward(self, z0: torch.Tensor, u: torch.Tensor):
+        import deqkit
+
+        return deqkit.fixed_point(self.step, z0, inputs=(u,), solver="anderson", tol=1e-4, max_iter=30)
+
+
+def test_direct_fixed_point_calls_are_logged_like_fixed_point_layers(app, tmp_path):
+    def build_model(cfg):
+        model = app.build_model(cfg)
+        model.fp = _DirectSolve(model.fp.step)
+        return model
+
+    direct = dataclasses.replace(app, build_model=build_model)
+    config = direct.make_config("smoke", FAST + ["train.steps=4", "train.eval_every=0"])
+    train(direct, config, tmp_path / "run")
+    logged = [r["solver"] for r in _records(tmp_path / "run") if "solver" in r]
+    assert logged and all(set(s) == {"fixed_point[0]"} for s in logged)
+    assert {"nfe", "residual", "residual_max", "converged"} <= set(logged[-1]["fixed_point[0]"])
+    assert 1 <= logged[-1]["fixed_point[0]"]["nfe"] <= 30

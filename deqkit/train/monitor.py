@@ -39,6 +39,22 @@ def solver_stats(model: nn.Module) -> dict[str, dict[str, float]]:
     return stats
 
 
+def direct_solve_stats(records: list[Any]) -> dict[str, dict[str, float]]:
+    """Statistics of direct ``deqkit.fixed_point`` calls (``record_solves`` records of one forward pass),
+    named ``fixed_point[i]`` in call order, as :func:`solver_stats` names ``FixedPoint`` layers."""
+    stats = {}
+    for i, record in enumerate(records):
+        info = record.info
+        stats[f"fixed_point[{i}]"] = {
+            "nfe": info.nfe.float().mean().item(),
+            "residual": info.residual.float().mean().item(),
+            "residual_max": info.residual.float().max().item(),
+        }
+        if record.tol is not None:
+            stats[f"fixed_point[{i}]"]["converged"] = info.converged.float().mean().item()
+    return stats
+
+
 def spectral_norms(model: nn.Module, iters: int) -> dict[str, dict[str, float]]:
     """Per fixed point: mean/max over the batch of the spectral norm of df/dz at its last fixed point.
 

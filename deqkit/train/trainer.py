@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deqkit.fixed_point import record_solves
 from deqkit.train import monitor
 from deqkit.train.application import Application
 from deqkit.train.build import check_memory, meta_state, mismatch
@@ -195,6 +196,7 @@ class Trainer:
         self.last_metrics: dict[str, float] = {}
         self._eval_set: Any = None
         self._grad_norm, self._spectral_ok = math.nan, True
+        self._direct_solves: list[Any] = []
         self._window = _Window()
         if resume is not None:
             self._restore(resume)
@@ -344,8 +346,9 @@ class Trainer:
         cfg = self.train_cfg
         self.model.train()
         batch = to_device(next(self.stream), self.device)
-        with autocast(self.device, cfg.amp):
+        with autocast(self.device, cfg.amp), record_solves() as solves:
             loss, logs = self.app.loss(self.model, batch, self.config)
+        self._direct_solves = solves  # direct deqkit.fixed_point calls: logged beside FixedPoint layers
         finite = bool(torch.isfinite(loss.detach()).all())
         if finite:
             try:
@@ -394,6 +397,7 @@ class Trainer:
             "steps_per_s": window.rate(), "skipped_steps": self.skipped, "metrics": logs,
         }
         solver = monitor.solver_stats(self.model)
+        solver.update(monitor.direct_solve_stats(self._direct_solves))
         if solver and self.train_cfg.spectral_iters and self._spectral_ok and self.dist.is_main:
             try:
                 with autocast(self.device, self.train_cfg.amp):
