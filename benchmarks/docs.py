@@ -78,8 +78,10 @@ def markers(text: str) -> list[tuple[int, str, str, str, dict[str, str]]]:
     for number, line in _prose_lines(text):
         if line.startswith("#"):
             section_file = ""
-        start = 0
+        start, code = 0, [m.span() for m in re.finditer(r"`[^`]*`", line)]
         for match in MARKER.finditer(line):
+            if any(a <= match.start() < b for a, b in code):  # a marker shown as code, e.g. in these docs
+                continue
             opts = dict(opt.split("=", 1) for opt in match["opts"].split())
             if match["path"] is None:  # a section's file
                 section_file = match["file"]

@@ -108,7 +108,8 @@ def test_results_without_provenance_or_measured_on_a_dirty_tree(repo):
 
 def test_markers_take_the_number_just_before_them_outside_code():
     text = ("```\n0.1 <!-- results: a.json#x -->\n```\n"
-            "from 1/3 to **0.92** <!-- results: a.json#y --> (`0.7`) and −1.5e-3 <!-- results: a.json#z -->\n")
+            "from 1/3 to **0.92** <!-- results: a.json#y --> (`0.7`) and −1.5e-3 <!-- results: a.json#z -->\n"
+            "write `0.5 <!-- results: a.json#shown -->` to mark a number\n")
     assert [(line, printed, path) for line, printed, _, path, _ in markers(text)] == [(4, "0.92", "y"),
                                                                                       (4, "−1.5e-3", "z")]
     assert matches("−1.5e-3", -0.00149) and not matches("−1.5e-3", -0.0016)
