@@ -1,4 +1,5 @@
-"""What the deqkit-vs-torchdeq benchmarks share: the tanh DEQ test problem, timing, a rich table, a JSON writer.
+"""What the deqkit-vs-torchdeq benchmarks share: the tanh DEQ test problem, timing, a rich table, a JSON writer
+that stamps every results file with its provenance.
 
 The scripts are run as files (``python benchmarks/solvers.py``), so they import this module by its bare name.
 """
@@ -10,6 +11,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,8 @@ from typing import Any, Callable, Sequence
 import torch
 from rich.console import Console
 from rich.table import Table
+
+from deqkit.provenance import provenance
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -95,8 +99,13 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def write_json(path: Path, benchmark: str, config: dict, results: Any) -> None:
-    """Write ``{"benchmark", "environment", "config", "results"}`` to ``path`` atomically."""
+def write_json(path: Path, benchmark: str, config: dict, results: Any, *, code: Sequence[str] = ()) -> None:
+    """Write ``{"benchmark", "environment", "provenance", "code", "config", "results"}`` to ``path`` atomically.
+
+    ``provenance`` says which commit and packages produced the numbers; ``code`` lists the paths (relative to
+    the repository) whose changes make them stale: deqkit, this file, the calling script and ``code``
+    (``python -m benchmarks.docs --check`` reads both, see docs/benchmarks.md).
+    """
     import torchdeq
 
     payload = {
@@ -108,6 +117,8 @@ def write_json(path: Path, benchmark: str, config: dict, results: Any) -> None:
             "threads": torch.get_num_threads(),
             "machine": platform.machine(),
         },
+        "provenance": provenance(),
+        "code": code_paths(sys._getframe(1).f_globals.get("__file__"), *code),
         "config": config,
         "results": results,
     }
@@ -116,3 +127,19 @@ def write_json(path: Path, benchmark: str, config: dict, results: Any) -> None:
     tmp.write_text(json.dumps(payload, indent=2, default=float) + "\n")
     os.replace(tmp, path)
     print(f"wrote {path}")
+
+
+def code_paths(*files: str | os.PathLike | None) -> list[str]:
+    """``deqkit``, ``benchmarks/common.py`` and ``files``, as paths relative to the repository (sorted, unique);
+    files outside it are left out."""
+    root = Path(__file__).resolve().parent.parent
+    paths = {"deqkit", "benchmarks/common.py"}
+    for file in files:
+        if file is None:
+            continue
+        full = Path(file) if Path(file).is_absolute() else root / file
+        try:
+            paths.add(full.resolve().relative_to(root).as_posix())
+        except ValueError:
+            continue
+    return sorted(paths)

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from deqkit.data import BACKGROUNDS, COLOR_MODES, SceneConfig, SceneDataset
+from deqkit.provenance import provenance
 
 DEFAULT_JSON = Path(__file__).parent / "results" / "data_speed.json"
 
@@ -93,6 +94,7 @@ def main() -> None:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine(),
                     "numpy": np.__version__, "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "provenance": provenance(),
         "results": rows,
     }
     args.json.write_text(json.dumps(report, indent=2) + "\n")

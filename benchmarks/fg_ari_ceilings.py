@@ -27,6 +27,7 @@ from scipy import ndimage
 
 from deqkit.data import SceneConfig, render_batch
 from deqkit.metrics import fg_ari
+from deqkit.provenance import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = [  # (image size, colours, objects, size range)
@@ -95,7 +96,8 @@ def main() -> None:
     Console().print(table)
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"benchmark": "fg_ari_ceilings", "images": args.images, "rows": rows}, indent=1))
+    path.write_text(json.dumps({"benchmark": "fg_ari_ceilings", "images": args.images, "rows": rows,
+                                "provenance": provenance()}, indent=1))
     print(f"wrote {path}")
 
 

@@ -30,6 +30,7 @@ from deqkit.data import render_batch
 from deqkit.metrics import (fg_ari, jacobian_ari, jacobian_interaction_score, jacobian_masks,
                             reconstruction_mse, slot_jacobian_norms)
 from deqkit.nn import alpha_composite
+from deqkit.provenance import provenance
 from deqkit.train.restore import restore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,7 +155,7 @@ def compare(args: argparse.Namespace) -> None:
     Console(width=150).print(table)
     save_picture(Path(args.plot), list(results), results, rows=min(6, args.jacobian_images))
     payload = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "data": str(data[0]),
+               "threads": torch.get_num_threads(), "data": str(data[0]), "provenance": provenance(),
                "results": {n: {k: v for k, v in m.items() if not k.startswith("_")} for n, m in results.items()}}
     Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.json} and {args.plot}")
@@ -186,7 +187,7 @@ def screening(args: argparse.Namespace) -> None:
     out = Path(args.json)
     previous = json.loads(out.read_text()) if out.exists() else {}
     notes = previous.get("notes", "")
-    out.write_text(json.dumps({"notes": notes, "attempts": attempts}, indent=2) + "\n")
+    out.write_text(json.dumps({"notes": notes, "attempts": attempts, "provenance": provenance()}, indent=2) + "\n")
     print(json.dumps(attempts, indent=1))
 
 

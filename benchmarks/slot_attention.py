@@ -33,6 +33,7 @@ from torch import nn
 from deqkit.data import render_batch
 from deqkit.diagnostics import saved_tensor_bytes
 from deqkit.plots import save_curves
+from deqkit.provenance import provenance
 from deqkit.train import load_application
 from deqkit.train.trainer import lr_factor, seed_everything
 
@@ -305,7 +306,8 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}; choose from {sorted(parts)}")
     report: dict[str, Any] = {"quick": args.quick, "threads": args.threads, "torch": torch.__version__,
-                              "machine": platform.processor() or platform.machine()}
+                              "machine": platform.processor() or platform.machine(),
+                              "provenance": provenance()}  # of the last invocation: parts not rerun keep theirs
     path = Path(args.json)
     if path.exists():  # keep the parts not rerun
         report = {**json.loads(path.read_text()), **report}

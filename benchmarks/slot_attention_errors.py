@@ -23,6 +23,7 @@ from rich.table import Table
 
 from deqkit.data import render_batch
 from deqkit.metrics import fg_ari
+from deqkit.provenance import provenance
 from deqkit.train.restore import restore
 
 
@@ -106,7 +107,8 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "fg_ari": scores.mean().item(),
                                                "above_0.9": (scores > 0.9).float().mean().item(), "rows": rows,
-                                               "gap": args.gap, "by_contact": by_contact}, indent=1))
+                                               "gap": args.gap, "by_contact": by_contact,
+                                               "provenance": provenance()}, indent=1))
 
 
 if __name__ == "__main__":

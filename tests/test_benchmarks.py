@@ -28,6 +28,7 @@ def run_benchmark(name: str, tmp_path: Path) -> dict:
     assert payload["benchmark"] == name
     assert {"torch", "torchdeq", "threads"} <= set(payload["environment"])
     assert payload["environment"]["threads"] == 1
+    assert payload["provenance"]["versions"]["torch"] == torch.__version__
     return payload["results"]
 
 
@@ -136,3 +137,16 @@ def test_problem_registry_is_seeded_and_rejects_unknown_names():
         assert torch.equal(p.z0, q.z0) and torch.equal(p.f(p.z0), q.f(q.z0))
     with pytest.raises(SystemExit, match="unknown problem"):
         build(["nope"])
+
+
+def test_every_results_file_written_by_write_json_carries_its_provenance(tmp_path):
+    from benchmarks.common import write_json
+    from deqkit.provenance import git_state
+
+    write_json(tmp_path / "r.json", "demo", {"n": 1}, {"value": 0.5}, code=["examples/toy_deq"])
+    payload = json.loads((tmp_path / "r.json").read_text())
+    assert payload["results"] == {"value": 0.5}
+    assert payload["provenance"]["commit"] == git_state()["commit"]
+    assert {"versions", "argv", "torch_threads", "time"} <= set(payload["provenance"])
+    # what the numbers depend on: deqkit, the writer, the calling script and the named paths
+    assert payload["code"] == ["benchmarks/common.py", "deqkit", "examples/toy_deq", "tests/test_benchmarks.py"]

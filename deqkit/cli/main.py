@@ -38,6 +38,21 @@ SET_HELP = ("Override a config value, e.g. --set train.lr=3e-4 --set hidden=64 (
             "config dataclass; unknown keys are errors listing the valid ones.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from deqkit.provenance import version_line
+
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                       help="Print the version and the git commit (when run from a checkout).")
+          ) -> None:
+    pass
+
+
 def one_line_errors(command: Callable) -> Callable:
     """Print deqkit errors as ``error: ...`` and exit with their status instead of a traceback."""
 

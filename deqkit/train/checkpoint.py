@@ -2,8 +2,8 @@
 
 Tensors go into the file under prefixed names (``model/...``, ``optim/<param>/<key>``, ``rng/...``);
 everything else (step, config, optimiser hyper-parameters, scheduler and RNG states, the data position)
-is JSON in the safetensors metadata, next to a format marker, the application name and the deqkit
-version. Files are written atomically (temporary file in the same folder, fsync, rename), so a process
+is JSON in the safetensors metadata, next to a format marker, the application name, the deqkit
+version and the provenance of the writing process (commit, package versions, command line). Files are written atomically (temporary file in the same folder, fsync, rename), so a process
 killed at any moment leaves the previous checkpoint intact.
 """
 
@@ -23,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from deqkit.provenance import provenance
 from deqkit.train.errors import CheckpointError
 
 FORMAT = "deqkit-checkpoint/1"
@@ -153,6 +154,7 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
         "app": ckpt.app,
         "app_path": ckpt.app_path or "",
         "deqkit_version": ckpt.version,
+        "provenance": json.dumps(provenance()),
         "step": str(ckpt.step),
         "config": json.dumps(ckpt.config),
         "state": json.dumps(_jsonable(ckpt.state)),

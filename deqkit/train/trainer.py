@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from deqkit.fixed_point import record_solves
+from deqkit.provenance import provenance
 from deqkit.train import monitor
 from deqkit.train.application import Application
 from deqkit.train.build import check_memory, meta_state, mismatch
@@ -269,7 +270,8 @@ class Trainer:
                 self.preset = read_config(self.run.config).get("preset")
             self.run.write_config({"app": self.app.name, "app_path": str(self.app.path or ""),
                                    "preset": self.preset,
-                                   "deqkit_version": deqkit_version(), "config": to_dict(self.config)})
+                                   "deqkit_version": deqkit_version(), "provenance": provenance(),
+                                   "config": to_dict(self.config)})
         start_step, started = self.step, time.perf_counter()
         window = self._window
         bad_in_row, smooth = 0, math.nan  # smooth: moving average of the loss for the progress bar

@@ -1,0 +1,139 @@
+"""``python -m benchmarks.docs --check``: a documented number must equal its results file's value and say
+whether the code changed since it was measured."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.docs import check, lookup, main, markers, matches, unmarked_numbers
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def git(root: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    return subprocess.run(["git", *args], cwd=root, env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A checkout with code in deqkit/, committed once."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    git(tmp_path, "init", "-q")
+    (tmp_path / "deqkit").mkdir()
+    (tmp_path / "deqkit" / "solver.py").write_text("STEPS = 1\n")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-qm", "code")
+    return tmp_path
+
+
+def write_results(root: Path, name: str, value: float, commit: str | None, dirty: bool = False) -> None:
+    block = {"commit": commit, "dirty": dirty} if commit else None
+    payload = {"results": {"rows": [{"seed": 0, "accuracy": value}, {"seed": 1, "accuracy": 0.5}],
+                           "above_0.9": 0.25}, "code": ["deqkit"]}
+    if block:
+        payload["provenance"] = block
+    (root / "results").mkdir(exist_ok=True)
+    (root / "results" / name).write_text(json.dumps(payload))
+
+
+def statuses(root: Path, text: str) -> list[str]:
+    doc = root / "doc.md"
+    doc.write_text(text)
+    return [f.status for f in check([doc], root)]
+
+
+def test_a_printed_value_matches_its_results_to_the_printed_precision(repo):
+    write_results(repo, "r.json", 0.8555, git(repo, "rev-parse", "HEAD"))
+    text = ("accuracy 0.86 <!-- results: results/r.json#results.rows[seed=0].accuracy -->, "
+            "0.856 <!-- results: results/r.json#results.rows.0.accuracy --> and 25 % "
+            "<!-- results: results/r.json#results.above_0.9 scale=100 -->\n")
+    assert statuses(repo, text) == ["ok", "ok", "ok"]
+    assert statuses(repo, "accuracy 0.92 <!-- results: results/r.json#results.rows[seed=0].accuracy -->") == [
+        "mismatch"]
+    assert statuses(repo, "0.8555 <!-- results: results/r.json#results.rows[seed=1].accuracy -->") == ["mismatch"]
+
+
+def test_a_section_names_its_file_once(repo):
+    write_results(repo, "r.json", 0.8555, git(repo, "rev-parse", "HEAD"))
+    text = ("## Toy\n<!-- results: results/r.json -->\n| 0.856 <!-- results: #results.rows.0.accuracy --> |\n"
+            "## Next\n0.5 <!-- results: #results.rows.1.accuracy -->\n")
+    assert statuses(repo, text) == ["ok", "missing"]  # the next heading ends the section
+
+
+def test_missing_file_or_path_is_an_error(repo):
+    write_results(repo, "r.json", 0.8555, git(repo, "rev-parse", "HEAD"))
+    assert statuses(repo, "0.5 <!-- results: results/gone.json#results.x -->") == ["missing"]
+    assert statuses(repo, "0.5 <!-- results: results/r.json#results.rows[seed=7].accuracy -->") == ["missing"]
+    assert statuses(repo, "0.5 <!-- results: results/r.json#results.nope -->") == ["missing"]
+    (repo / "doc.md").write_text("0.5 <!-- results: results/gone.json#results.x -->\n")
+    assert main(["--check", "--root", str(repo), str(repo / "doc.md")]) == 1
+
+
+def test_code_changed_after_the_measurement_is_stale(repo, capsys):
+    measured = git(repo, "rev-parse", "HEAD")
+    write_results(repo, "r.json", 0.8555, measured)
+    (repo / "doc.md").write_text("0.86 <!-- results: results/r.json#results.rows.0.accuracy -->\n")
+    (repo / "README.md").write_text("docs only\n")  # a change outside the measured code keeps it fresh
+    git(repo, "add", "README.md")
+    git(repo, "commit", "-qm", "docs")
+    assert [f.status for f in check([repo / "doc.md"], repo)] == ["ok"]
+    (repo / "deqkit" / "solver.py").write_text("STEPS = 2\n")
+    git(repo, "commit", "-qam", "code change")
+    [finding] = check([repo / "doc.md"], repo)
+    assert finding.status == "stale" and measured[:12] in finding.detail
+    assert main(["--check", "--root", str(repo), str(repo / "doc.md")]) == 0  # reported, not an error
+    assert main(["--check", "--strict", "--root", str(repo), str(repo / "doc.md")]) == 1
+    assert "1 stale" in capsys.readouterr().out
+
+
+def test_results_without_provenance_or_measured_on_a_dirty_tree(repo):
+    write_results(repo, "old.json", 0.8555, None)
+    write_results(repo, "dirty.json", 0.8555, git(repo, "rev-parse", "HEAD"), dirty=True)
+    text = ("0.86 <!-- results: results/old.json#results.rows.0.accuracy --> "
+            "0.86 <!-- results: results/dirty.json#results.rows.0.accuracy -->")
+    assert statuses(repo, text) == ["no provenance", "dirty"]
+    assert main(["--root", str(repo), str(repo / "doc.md")]) == 0
+    assert main(["--strict", "--root", str(repo), str(repo / "doc.md")]) == 1
+
+
+def test_markers_take_the_number_just_before_them_outside_code():
+    text = ("```\n0.1 <!-- results: a.json#x -->\n```\n"
+            "from 1/3 to **0.92** <!-- results: a.json#y --> (`0.7`) and −1.5e-3 <!-- results: a.json#z -->\n"
+            "write `0.5 <!-- results: a.json#shown -->` to mark a number\n")
+    assert [(line, printed, path) for line, printed, _, path, _ in markers(text)] == [(4, "0.92", "y"),
+                                                                                      (4, "−1.5e-3", "z")]
+    assert matches("−1.5e-3", -0.00149) and not matches("−1.5e-3", -0.0016)
+    assert matches("16", 16.4) and not matches("16", 16.6) and not matches("0.5", True)
+    assert unmarked_numbers("a 0.92 <!-- results: a.json#y --> b 0.68, version 0.1.0, `1.5`\n") == [(1, "0.68")]
+
+
+def test_lookup_walks_keys_indices_and_selections():
+    data = {"rows": [{"tol": 1e-3, "nfe": 4}, {"tol": 1e-5, "nfe": 9}], "above_0.9": {"n": 2},
+            "test": {"iters=5 (as trained)": {"fg_ari": 0.76}}}
+    assert lookup(data, "test.iters=5 (as trained).fg_ari") == 0.76
+    [(_, _, _, path, opts)] = markers("0.76 <!-- results: a.json#test.iters=5 (as trained).fg_ari scale=1 -->")
+    assert (path, opts) == ("test.iters=5 (as trained).fg_ari", {"scale": "1"})
+    assert lookup(data, "rows[tol=1e-5].nfe") == 9
+    assert lookup(data, "rows.-1.nfe") == 9
+    assert lookup(data, "above_0.9.n") == 2
+    with pytest.raises(KeyError):
+        lookup(data, "rows[tol=1].nfe")
+
+
+def test_the_real_docs_have_no_missing_or_differing_numbers():
+    """README.md and docs/*.md: every marker's file and path exist and the printed value is the measured one.
+    Staleness is reported, not failed on (a fresh clone's old results have no provenance yet)."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.docs", "--check"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "match their results file" in proc.stdout
