@@ -120,7 +120,7 @@ def test_eval_prints_metrics_as_json_and_table(run):
 
 def test_diagnose_reports_json_and_plots(run, tmp_path):
     result = invoke("diagnose", run / "checkpoints" / "last.safetensors", "--batches", "1",
-                    "--json", tmp_path / "d.json", "--plots", tmp_path / "plots")
+                    "--out", tmp_path / "d.json", "--plots", tmp_path / "plots")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "d.json").read_text())
     fp = report["fixed_points"]["fp"]
@@ -134,8 +134,8 @@ def test_diagnose_reports_json_and_plots(run, tmp_path):
 
 def test_eval_and_diagnose_set_changes_the_solve_not_the_weights(run, tmp_path):
     ckpt = run / "checkpoints" / "last.safetensors"
-    default = invoke("diagnose", ckpt, "--batches", "1", "--json", tmp_path / "default.json")
-    capped = invoke("diagnose", ckpt, "--batches", "1", "--json", tmp_path / "capped.json", "--set", "max_iter=2")
+    default = invoke("diagnose", ckpt, "--batches", "1", "--out", tmp_path / "default.json")
+    capped = invoke("diagnose", ckpt, "--batches", "1", "--out", tmp_path / "capped.json", "--set", "max_iter=2")
     assert default.exit_code == 0 and capped.exit_code == 0, (default.output, capped.output)
     nfe = {name: json.loads((tmp_path / f"{name}.json").read_text())["fixed_points"]["fp"]["nfe"]
            for name in ("default", "capped")}
