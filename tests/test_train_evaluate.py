@@ -20,8 +20,8 @@ def app():
     return load_application(TOY)
 
 
-@pytest.mark.parametrize("reduce, shape", [(lambda v: v.mean(), "[]"), (lambda v: v[:2], "[2]"),
-                                           (lambda v: v.repeat(2), "[48]")])
+@pytest.mark.parametrize("reduce, shape", [(lambda v: v.mean(), "[]"), (lambda v: v.repeat(2), "[48]"),
+                                           (lambda v: v[:, None].expand(-1, 3), "[24, 3]")])
 def test_a_metric_that_is_not_one_value_per_sample_is_an_application_error(app, reduce, shape):
     def metrics(model, batch, cfg):
         values = dict(app.metrics(model, batch, cfg))
@@ -38,9 +38,11 @@ def test_a_metric_that_is_not_one_value_per_sample_is_an_application_error(app, 
 
 def test_per_sample_metrics_and_underscore_entries_pass(app):
     def metrics(model, batch, cfg):
-        return {**app.metrics(model, batch, cfg), "_pooled": torch.zeros(3)}  # `_` keys feed summarize only
+        values = app.metrics(model, batch, cfg)
+        # `_` keys feed summarize only; a metric may cover the first n samples of a batch (an expensive one)
+        return {**values, "_pooled": torch.zeros(3), "first_two": values["accuracy"][:2]}
 
     config = app.make_config("smoke", ["train.batch_size=24"])
     ok = dataclasses.replace(app, metrics=metrics)
     values = evaluate(ok, ok.build_model(config), config, "val", torch.device("cpu"))
-    assert values["samples"] == 64 and 0 <= values["accuracy"] <= 1
+    assert values["samples"] == 64 and 0 <= values["accuracy"] <= 1 and 0 <= values["first_two"] <= 1

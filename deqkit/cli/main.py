@@ -285,8 +285,8 @@ def _warn_nonfinite(path: Any, nonfinite: list[str]) -> None:
 @command()
 @one_line_errors
 def diagnose(
-    checkpoint: Optional[Path] = typer.Argument(None, metavar="[CHECKPOINT]",
-                                                help="A checkpoint (.safetensors) written by deqkit train; or use --model"),
+    checkpoint: Optional[Path] = typer.Argument(
+        None, metavar="[CHECKPOINT]", help="A checkpoint (.safetensors) written by deqkit train; or use --model"),
     batches: int = typer.Option(2, min=1, help="How many batches of the eval split to run (checkpoints)."),
     split: Optional[str] = typer.Option(None, help="Split to use (default: the run's train.eval_split)."),
     json_: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -312,7 +312,9 @@ def diagnose(
 ) -> None:
     """Solver and gradient health of every fixed-point layer of a checkpoint's model, or of any model (--model).
 
-    Residual after each iteration, NFE, converged fraction (with the tolerance and stop mode), spectral norm and radius of df/dz at the fixed point, and the cosine between the Neumann(1) and the exact IFT gradient of the loss, each with a one-line reading.
+    Residual after each iteration, NFE, converged fraction (with the tolerance and stop mode), spectral norm and
+    radius of df/dz at the fixed point, and the cosine between the Neumann(1) and the exact IFT gradient of the
+    loss, each with a one-line reading.
     """
     from deqkit.train.distributed import Dist
     from deqkit.train.diagnose import write_plots
@@ -398,7 +400,8 @@ def _print_report(console: Console, report: dict[str, Any], title: str) -> None:
     table.add_row("tolerance (stop mode)", *(_tolerance(fps[n]) for n in names))
     rows = [("NFE (mean)", "nfe"), ("converged fraction", "converged"), ("residual mean", "residual_mean"),
             ("residual max", "residual_max"), ("spectral norm ‖J‖₂ mean", "spectral_norm_mean"),
-            ("spectral norm ‖J‖₂ max", "spectral_norm_max"), ("spectral radius ρ(J) mean", "spectral_radius_mean"),
+            ("spectral norm ‖J‖₂ max", "spectral_norm_max"),
+            ("spectral radius ρ(J) mean", "spectral_radius_mean"),
             ("spectral radius ρ(J) max", "spectral_radius_max")]
     for label, key in rows:
         table.add_row(label, *("n/a (tol=None)" if key == "converged" and fps[n]["fixed_count"]

@@ -4,8 +4,8 @@ gradient cosine say about a fixed-point layer.
 The maths behind them, for J = ∂f/∂z at z*: near z* the error of z ← f(z) evolves as e ← J e, so it
 vanishes for every start iff ρ(J) < 1 (asymptotically by a factor ρ per step); it shrinks at *every* step
 iff ‖J‖₂ < 1. ‖J‖₂ ≥ ρ(J) always; ‖J‖₂ ≥ 1 > ρ(J) (a non-normal J) converges, but only after possible
-transient growth. With ρ(J) ≥ 1 plain iteration does not converge to z* however long it runs; Anderson and
-Broyden solve f(z) − z = 0 and may still, but a truncated Neumann series Σ_{i<k} (Jᵀ)ⁱ grows with k.
+transient growth. With ρ(J) ≥ 1 plain iteration does not converge to z* however long it runs; Anderson
+and Broyden solve f(z) − z = 0 and may still, but a truncated Neumann series Σ_{i<k} (Jᵀ)ⁱ grows with k.
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ def spectral_radius(radii: torch.Tensor) -> str:
         if worst == 0:
             return "ρ(J) = 0 for every sample: the error near z* vanishes within a few steps"
         steps = math.ceil(math.log(10) / -math.log(worst))
+        plural = "s" if steps > 1 else ""
         return (f"ρ(J) < 1 for every sample (max {_g(worst)}): z ← f(z) contracts near z*, the error shrinking "
-                f"asymptotically by ρ per step, about {steps} step{'s' if steps > 1 else ''} per decimal digit at the "
-                f"worst sample")
+                f"asymptotically by ρ per step, about {steps} step{plural} per decimal digit at the worst sample")
     return (f"ρ(J) ≥ 1 for {over} of {n} samples (max {_g(worst)}): there z ← f(z) does not converge near z* "
             f"(the error grows along an eigenvector with |λ| ≥ 1) and more iterations will not help; Anderson or "
             f"Broyden may still solve f(z) = z, but Neumann(k) and unrolled gradients grow with k")
@@ -71,21 +71,21 @@ def spectral_norm(norms: torch.Tensor, radii: torch.Tensor) -> str:
     worst, n = float(norms.max()), norms.numel()
     over = norms >= 1
     if not bool(over.any()):
-        return (f"‖J‖₂ < 1 for every sample (max {_g(worst)}): f is a contraction near z*, every step shrinks the "
-                f"error from the first one")
+        return (f"‖J‖₂ < 1 for every sample (max {_g(worst)}): f is a contraction near z*, every step shrinks "
+                f"the error from the first one")
     transient = int((over & (radii < 1)).sum())
     unstable = int((over & (radii >= 1)).sum())
     parts = []
     if transient:
-        parts.append(f"for {transient} of {n} samples ‖J‖₂ ≥ 1 > ρ(J): J is non-normal, the iteration contracts "
-                     f"only asymptotically and single steps can first grow the error")
+        parts.append(f"for {transient} of {n} samples ‖J‖₂ ≥ 1 > ρ(J): J is non-normal, the iteration "
+                     f"contracts only asymptotically and single steps can first grow the error")
     if unstable:
         parts.append(f"for {unstable} of {n} samples ρ(J) ≥ 1 as well (see ρ)")
     return f"max ‖J‖₂ {_g(worst)}: " + "; ".join(parts)
 
 
 def gradient_cosine(mean: float | None, per_batch: Sequence[float]) -> str:
-    """Reading of cos(∇Neumann(1), ∇IFT): the angle, whether −∇Neumann(1) descends, and the spread over batches."""
+    """Reading of cos(∇Neumann(1), ∇IFT): the angle, whether −∇Neumann(1) descends, the spread over batches."""
     if mean is None:
         return "no loss given: the Neumann(1) and IFT gradients were not compared"
     if not math.isfinite(mean):

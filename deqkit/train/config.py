@@ -75,7 +75,8 @@ class TrainConfig:
     eval_every: int = _option(200, "evaluate every this many steps; 0: only at the end")
     eval_split: str = _option("val", "split scored during training and at the end")
     eval_batches: int | None = _option(None, "batches per evaluation; none: the whole split")
-    ckpt_every: int = _option(200, "a periodic checkpoint every this many steps (last.safetensors is refreshed at each one)")
+    ckpt_every: int = _option(200, "a periodic checkpoint every this many steps (last.safetensors is refreshed "
+                                   "at each one)")
     keep_checkpoints: int = _option(3, "periodic checkpoints kept besides last.safetensors")
     image_every: int = _option(200, "pictures every this many steps; 0: only at the end")
     max_bad_steps: int = _option(10, "stop after this many non-finite steps in a row")
@@ -83,7 +84,7 @@ class TrainConfig:
     amp: Literal["off", "bf16"] = _option("off", "bf16 autocast for the forward pass")
     device: Literal["auto", "cpu", "cuda"] = _option("auto", "auto: CUDA if available, else the CPU")
     num_threads: int | None = _option(1, "torch intra-op threads (1 measured fastest on 2 cores, see "
-                                                       "`deqkit bench`); none: torch's default")
+                                         "`deqkit bench`); none: torch's default")
     num_workers: int = _option(0, "DataLoader worker processes")
 
     def __post_init__(self) -> None:

@@ -31,8 +31,9 @@ def batch_size_of(batch: Any) -> int | None:
 
 
 def check_per_sample(name: str, values: Mapping[str, Any], batch: Any) -> None:
-    """Every averaged metric must hold one value per sample of ``batch``: a mean (a scalar) would be averaged
-    as if it were one sample and silently weigh batches wrongly."""
+    """Every averaged metric must hold one value per sample of ``batch`` (``[B]``, or ``[n]`` with n < B for
+    a metric measured on the first n samples only): a batch mean (a scalar) would be averaged as if it were
+    one sample, and more values than samples (per pixel, per slot) would outweigh the other metrics."""
     samples = batch_size_of(batch)
     if samples is None:
         return
@@ -40,11 +41,11 @@ def check_per_sample(name: str, values: Mapping[str, Any], batch: Any) -> None:
         if key.startswith("_"):
             continue
         shape = tuple(torch.as_tensor(value).shape)
-        if math.prod(shape) != samples:
+        if (not shape and samples > 1) or math.prod(shape) > samples:
             raise ApplicationError(
                 f"application '{name}': metrics()['{key}'] has shape {list(shape)} for a batch of {samples} "
-                f"samples; metrics must return one value per sample (Tensor[{samples}]), e.g. "
-                f"(pred == y).float() rather than its mean")
+                f"samples; metrics must return one value per sample (Tensor[{samples}], or Tensor[n] for the "
+                f"first n samples), e.g. (pred == y).float() rather than its mean")
 
 
 def evaluate(app: Application, model: nn.Module, config: Any, split: str, device: torch.device,
