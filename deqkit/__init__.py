@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "ConfigError": "deqkit.errors",
     "DeqkitError": "deqkit.errors",
+    "diagnose": "deqkit.diagnostics.report",
     "FixedPoint": "deqkit.fixed_point",
     "FixedPointRecord": "deqkit.fixed_point",
     "fixed_point": "deqkit.fixed_point",
@@ -23,10 +24,11 @@ _EXPORTS = {
 }
 
 __all__ = ["ConfigError", "DeqkitError", "FixedPoint", "FixedPointRecord", "SolveInfo", "__version__",
-           "backward", "fixed_point", "solvers"]
+           "backward", "diagnose", "fixed_point", "solvers"]
 
 if TYPE_CHECKING:
     from deqkit import backward, solvers
+    from deqkit.diagnostics.report import diagnose
     from deqkit.errors import ConfigError, DeqkitError
     from deqkit.fixed_point import FixedPoint, FixedPointRecord, fixed_point
     from deqkit.solvers.base import SolveInfo

@@ -40,10 +40,15 @@ def one_line_error(result, code: int, contains: str) -> str:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """One finished smoke run shared by the read-only tests below."""
-    out = tmp_path_factory.mktemp("cli") / "run"
-    result = invoke("train", TOY, *QUICK, "--set", "train.image_every=10", "--out", out)
+    out = tmp_path_factory.mktemp("cli") / ("a-run-directory-whose-path-is-longer-than-eighty-columns-" * 2)
+    result = runner.invoke(app, ["train", TOY, *QUICK, "--set", "train.image_every=10", "--out", str(out)],
+                           env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
-    assert "training finished" in result.stdout and str(out) in result.stdout.replace("\n", "")
+    # in 80 columns the paths are printed whole, each on its own line, never cut by a table column
+    lines = result.stdout.splitlines()
+    assert "training finished" in result.stdout and len(str(out)) > 80
+    assert f"checkpoint:    {out / 'checkpoints' / 'last.safetensors'}" in lines
+    assert f"run directory: {out}" in lines
     return out
 
 
@@ -120,7 +125,7 @@ def test_eval_prints_metrics_as_json_and_table(run):
 
 def test_diagnose_reports_json_and_plots(run, tmp_path):
     result = invoke("diagnose", run / "checkpoints" / "last.safetensors", "--batches", "1",
-                    "--json", tmp_path / "d.json", "--plots", tmp_path / "plots")
+                    "--out", tmp_path / "d.json", "--plots", tmp_path / "plots")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "d.json").read_text())
     fp = report["fixed_points"]["fp"]
@@ -134,8 +139,8 @@ def test_diagnose_reports_json_and_plots(run, tmp_path):
 
 def test_eval_and_diagnose_set_changes_the_solve_not_the_weights(run, tmp_path):
     ckpt = run / "checkpoints" / "last.safetensors"
-    default = invoke("diagnose", ckpt, "--batches", "1", "--json", tmp_path / "default.json")
-    capped = invoke("diagnose", ckpt, "--batches", "1", "--json", tmp_path / "capped.json", "--set", "max_iter=2")
+    default = invoke("diagnose", ckpt, "--batches", "1", "--out", tmp_path / "default.json")
+    capped = invoke("diagnose", ckpt, "--batches", "1", "--out", tmp_path / "capped.json", "--set", "max_iter=2")
     assert default.exit_code == 0 and capped.exit_code == 0, (default.output, capped.output)
     nfe = {name: json.loads((tmp_path / f"{name}.json").read_text())["fixed_points"]["fp"]["nfe"]
            for name in ("default", "capped")}
@@ -181,9 +186,48 @@ def test_resume_with_another_applications_checkpoint_is_refused(run, tmp_path):
 
 
 def test_apps_lists_applications_and_presets():
-    result = invoke("apps")
+    from deqkit.train.application import discover
+
+    result = runner.invoke(app, ["apps"], env={"COLUMNS": "80"})
     assert result.exit_code == 0
-    assert "toy_deq" in result.stdout and "cpu, smoke" in result.stdout
+    lines = result.stdout.splitlines()
+    assert "toy_deq  (presets cpu, smoke)" in lines
+    # in 80 columns names and folders are whole lines; descriptions wrap within the width
+    for path, found in discover():
+        if not isinstance(found, str):
+            assert f"  folder: {path}" in lines and any(line.startswith(found.name + "  (") for line in lines)
+    descriptions = [line for line in lines if line.startswith("  ") and not line.startswith("  folder:")]
+    assert descriptions and all(len(line) <= 80 for line in descriptions)
+
+
+def test_usage_errors_are_one_line_with_exit_2():
+    one_line_error(invoke("train", TOY, "--no-such-option"), 2, "No such option: --no-such-option")
+    one_line_error(invoke("eval"), 2, "Missing argument 'CHECKPOINT'")
+    line = one_line_error(invoke("eval", "x.safetensors", "--batches", "many"), 2, "'--batches'")
+    assert "deqkit eval --help" in line
+    one_line_error(invoke("no_such_command"), 2, "No such command")
+
+
+def test_flags_show_no_value_placeholder_in_help():
+    for command in ("train", "eval", "diagnose", "bench"):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0 and "--help" in result.stdout
+        assert "<bool>" not in result.stdout, command
+
+
+def test_eval_and_diagnose_print_json_with_json_and_write_it_with_out(run, tmp_path):
+    ckpt = run / "checkpoints" / "last.safetensors"
+    printed = invoke("eval", ckpt, "--batches", "1", "--json", "--out", tmp_path / "e.json")
+    assert printed.exit_code == 0, printed.output
+    assert json.loads(printed.stdout) == json.loads((tmp_path / "e.json").read_text())
+    table = invoke("eval", ckpt, "--batches", "1", "--out", tmp_path / "e2.json")
+    assert table.exit_code == 0 and "accuracy" in table.stdout and not table.stdout.lstrip().startswith("{")
+    assert json.loads((tmp_path / "e2.json").read_text())["metrics"]["samples"] == 32
+    report = invoke("diagnose", ckpt, "--batches", "1", "--json")
+    assert report.exit_code == 0, report.output
+    fp = json.loads(report.stdout)["fixed_points"]["fp"]
+    assert fp["tol"] == 1e-4 and fp["stop_mode"] == "rel" and set(fp["readings"]) >= {"converged", "spectral_radius"}
+    one_line_error(invoke("eval", ckpt, "--out", "/dev/null/x.json"), 2, "cannot write --out")
 
 
 def test_help_of_every_command_is_complete():

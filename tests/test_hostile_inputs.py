@@ -203,7 +203,7 @@ def test_eval_and_diagnose_of_nan_weights_warn_and_report_null(smoke, tmp_path):
     (warning,) = result.stderr.strip().splitlines()
     assert warning.startswith("warning: ") and "non-finite weights" in warning
     report = tmp_path / "report.json"
-    result = invoke("diagnose", ckpt, "--batches", "1", "--json", report)
+    result = invoke("diagnose", ckpt, "--batches", "1", "--out", report)
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "non-finite weights" in result.stderr
     fp = json.loads(report.read_text())["fixed_points"]["fp"]

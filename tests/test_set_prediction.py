@@ -81,7 +81,7 @@ def test_cli_train_eval_diagnose(tmp_path, preset, keys):
         if key.startswith("ap_"):
             assert 0.0 <= metrics[key] <= 1.0
     report = tmp_path / "diagnose.json"
-    result = runner.invoke(cli, ["diagnose", str(ckpt), "--batches", "1", "--json", str(report)])
+    result = runner.invoke(cli, ["diagnose", str(ckpt), "--batches", "1", "--out", str(report)])
     assert result.exit_code == 0, result.output
     figures = json.loads(report.read_text())
     assert -1.0 <= figures["gradient_cosine"] <= 1.0

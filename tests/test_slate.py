@@ -110,7 +110,7 @@ def test_cli_train_eval_diagnose_end_to_end(tmp_path):
     scores = json.loads(result.stdout)["metrics"]
     assert {"ce", "mse", "dvae_mse", "fg_ari", "miou"} <= set(scores)
     assert 0 < scores["ce"] < np.log(16) + 1 and -1 <= scores["fg_ari"] <= 1
-    result = runner.invoke(cli, ["diagnose", ckpt, "--batches", "1", "--json", str(tmp_path / "d.json")])
+    result = runner.invoke(cli, ["diagnose", ckpt, "--batches", "1", "--out", str(tmp_path / "d.json")])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "d.json").read_text())
     fp = report["fixed_points"]["slot_attention.fixed_point"]

@@ -114,3 +114,21 @@ def test_a_stored_config_is_held_to_the_same_bounds(text, says):
     with pytest.raises(ConfigError, match=re.escape(says)):  # json.loads reads NaN/Infinity, as in checkpoints
         from_dict(Bounded, json.loads(text))
     assert resolve_config(Bounded, sets=["iters=none", "width=3"]).iters is None
+
+
+def test_docs_hold_the_generated_train_options_table_verbatim():
+    """docs/cli.md's table of the train.* options is `python -m deqkit.train.config_doc` output, so a new
+    field, default or help text that is not in the docs fails here (regenerate with that command)."""
+    import dataclasses
+    from pathlib import Path
+
+    from deqkit.train.config import TrainConfig
+    from deqkit.train.config_doc import options_markdown
+
+    table = options_markdown()
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    assert table in docs
+    for f in dataclasses.fields(TrainConfig):
+        assert f.metadata.get("help"), f"TrainConfig.{f.name} has no metadata help"
+        assert f"| `train.{f.name}` |" in table
+    assert "| `train.lr` | float | `0.001` | peak learning rate of AdamW |" in table

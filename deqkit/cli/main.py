@@ -16,11 +16,58 @@ from typing import Any, Callable, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
-from deqkit.cli.tables import fmt, key_value_table
+from deqkit.cli.tables import fmt, key_value_table, path_lines, wrapped
+
+try:  # typer >= 0.24 carries its own copy of click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer on click
+    from click import exceptions as click_exceptions
+
+
+class _Group(TyperGroup):
+    """The ``deqkit`` group: usage errors (unknown option, missing argument, bad number) are one line,
+    ``error: ... (see 'deqkit CMD --help')``, exit 2, as deqkit's own errors are, not a boxed panel."""
+
+    def main(self, args: Any = None, prog_name: Optional[str] = None, complete_var: Optional[str] = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            code = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                                standalone_mode=False, **extra)
+            code = code if isinstance(code, int) else 0
+        except click_exceptions.UsageError as err:
+            if type(err).__name__ == "NoArgsIsHelpError":  # bare `deqkit`: the help text
+                err.show()
+            else:
+                where = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+                typer.echo("error: " + " ".join(err.format_message().split()) + where, err=True)
+            code = err.exit_code
+        except click_exceptions.ClickException as err:
+            typer.echo("error: " + " ".join(err.format_message().split()), err=True)
+            code = err.exit_code
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            code = 1
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+class _Command(TyperCommand):
+    """A command whose flags show no value placeholder in --help (typer prints ``<bool>`` for them)."""
+
+    def get_params(self, ctx: Any) -> list:
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
 
 app = typer.Typer(
     name="deqkit",
+    cls=_Group,
     help="Train, evaluate and diagnose fixed-point (DEQ / iterative refinement) models.\n\n"
          "An application is a folder with an APP object (see docs/applications.md); runs write a run "
          "directory (see docs/run_directory.md).",
@@ -29,6 +76,11 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     rich_markup_mode="rich",
 )
+
+
+def command(name: Optional[str] = None) -> Callable:
+    """``@app.command`` with the flag-aware help of :class:`_Command`."""
+    return app.command(name, cls=_Command)
 
 APP_HELP = ("The checkpoint's application: a folder or a name (default: the installed or $DEQKIT_APPS application "
             "named in the checkpoint; a checkpoint never makes deqkit import code from a path it names).")
@@ -81,7 +133,7 @@ def _stderr() -> Console:
 # --------------------------------------------------------------------------------------------- train
 
 
-@app.command()
+@command()
 @one_line_errors
 def train(
     application: str = typer.Argument(..., metavar="APP",
@@ -142,11 +194,11 @@ def train(
         rows[f"{name} NFE"] = stats["nfe"]
         if "converged" in stats:
             rows[f"{name} converged"] = stats["converged"]
-    rows["run directory"] = str(result.out)
-    rows["checkpoint"] = str(result.checkpoint)
-    rows["metrics"] = str(result.out / "metrics.jsonl")
-    rows["images"] = str(result.out / "images")
-    _stdout().print(key_value_table("training finished", rows))
+    console = _stdout()
+    console.print(key_value_table("training finished", rows))
+    console.print(path_lines({"run directory": result.out, "checkpoint": result.checkpoint,
+                              "metrics": result.out / "metrics.jsonl", "images": result.out / "images"}),
+                  soft_wrap=True, highlight=False, markup=False)
 
 
 def _resume_point(the_app: Any, run_dir: Any, sets: list[str]) -> tuple[Any, Any]:
@@ -189,13 +241,18 @@ def _warn(message: str) -> None:
 # ---------------------------------------------------------------------------------------------- eval
 
 
-@app.command("eval")
+JSON_HELP = "Print the report as one JSON object on stdout instead of tables."
+OUT_HELP = "Also write the JSON report to FILE (with or without --json)."
+
+
+@command("eval")
 @one_line_errors
 def eval_(
     checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT", help="A checkpoint (.safetensors) written by deqkit train"),
     split: str = typer.Option("test", help="Which split of the application's data to score."),
     batches: Optional[int] = typer.Option(None, min=1, help="Score only the first N batches."),
-    json_: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object instead of a table."),
+    json_: bool = typer.Option(False, "--json", help=JSON_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help=OUT_HELP),
     device: str = typer.Option("cpu", metavar="cpu|cuda", help="Where to run the model."),
     set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help=EVAL_SET_HELP),
     app_spec: Optional[str] = typer.Option(None, "--app", metavar="FOLDER|NAME", help=APP_HELP),
@@ -208,67 +265,164 @@ def eval_(
 
     dev = pick_device(device, Dist())
     restored = restore(checkpoint, dev, set_, app=app_spec)
-    _warn_nonfinite(restored)
+    _warn_nonfinite(restored.path, restored.nonfinite)
     values = evaluate(restored.app, restored.model, restored.config, split, dev, limit=batches)
-    if json_:
-        typer.echo(json.dumps({"app": restored.app.name, "step": restored.checkpoint.step, "split": split,
-                               "metrics": values}))
+    report = {"app": restored.app.name, "step": restored.checkpoint.step, "split": split, "metrics": values}
+    if _emit_json(report, json_, out, indent=None):
         return
     _stdout().print(key_value_table(f"{restored.app.name} @ step {restored.checkpoint.step}: {split}", values))
 
 
-def _warn_nonfinite(restored: Any) -> None:
-    if restored.nonfinite:
-        _warn(f"{restored.path} holds non-finite weights ({len(restored.nonfinite)} tensors, e.g. "
-              f"{restored.nonfinite[0]}): the numbers below describe a broken model")
+def _emit_json(report: dict[str, Any], to_stdout: bool, out: Optional[Path], indent: Optional[int] = 2) -> bool:
+    """Write ``report`` to ``out`` (if given) and print it on stdout with ``--json``; True if it was printed."""
+    if out is not None:
+        from deqkit.train.errors import UsageError
+
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(report, indent=2) + "\n")
+        except OSError as err:
+            raise UsageError(f"cannot write --out {out}: {err.strerror or err}") from None
+    if to_stdout:
+        typer.echo(json.dumps(report, indent=indent))
+    return to_stdout
+
+
+def _warn_nonfinite(path: Any, nonfinite: list[str]) -> None:
+    if nonfinite:
+        _warn(f"{path} holds non-finite weights ({len(nonfinite)} tensors, e.g. "
+              f"{nonfinite[0]}): the numbers below describe a broken model")
 
 
 # ------------------------------------------------------------------------------------------ diagnose
 
 
-@app.command()
+@command()
 @one_line_errors
 def diagnose(
-    checkpoint: Path = typer.Argument(..., metavar="CHECKPOINT", help="A checkpoint (.safetensors) written by deqkit train"),
-    batches: int = typer.Option(2, min=1, help="How many batches of the eval split to run."),
+    checkpoint: Optional[Path] = typer.Argument(
+        None, metavar="[CHECKPOINT]", help="A checkpoint (.safetensors) written by deqkit train; or use --model"),
+    batches: int = typer.Option(2, min=1, help="How many batches of the eval split to run (checkpoints)."),
     split: Optional[str] = typer.Option(None, help="Split to use (default: the run's train.eval_split)."),
-    json_file: Optional[Path] = typer.Option(None, "--json", metavar="FILE",
-                                             help="Also write the figures as JSON (keys in docs/cli.md)."),
+    json_: bool = typer.Option(False, "--json", help=JSON_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help=OUT_HELP + " Keys in docs/cli.md."),
     plots: Optional[Path] = typer.Option(None, metavar="DIR",
                                          help="Write PNGs: residual curves, spectral norm over training."),
     device: str = typer.Option("cpu", metavar="cpu|cuda", help="Where to run the model."),
     set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help=EVAL_SET_HELP),
     app_spec: Optional[str] = typer.Option(None, "--app", metavar="FOLDER|NAME", help=APP_HELP),
+    model_spec: Optional[str] = typer.Option(
+        None, "--model", metavar="MODULE:NAME",
+        help="Instead of a checkpoint: a model deqkit did not train, e.g. mypkg.models:build (a module, or a "
+             "function returning one; imported like python -m) or model.py:build."),
+    weights: Optional[Path] = typer.Option(None, metavar="FILE",
+                                           help="With --model: a safetensors state dict to load into it."),
+    batch_files: list[Path] = typer.Option(
+        [], "--batch", metavar="FILE",
+        help="With --model: a safetensors file holding one batch (repeatable: one batch per file); tensors "
+             "named 0, 1, ... are passed as model(*batch), other names as model(**batch)."),
+    loss_spec: Optional[str] = typer.Option(
+        None, "--loss", metavar="MODULE:NAME",
+        help="With --model: loss(model, batch) -> scalar, for the Neumann(1)-vs-IFT gradient cosine."),
 ) -> None:
-    """Solver and gradient health of every fixed-point layer of a checkpoint's model.
+    """Solver and gradient health of every fixed-point layer of a checkpoint's model, or of any model (--model).
 
-    Residual after each iteration, NFE, converged fraction, spectral norm and radius of df/dz at the fixed point, and the cosine between the Neumann(1) and the exact IFT gradient of the training loss.
+    Residual after each iteration, NFE, converged fraction (with the tolerance and stop mode), spectral norm and
+    radius of df/dz at the fixed point, and the cosine between the Neumann(1) and the exact IFT gradient of the
+    loss, each with a one-line reading.
     """
-    from deqkit.train.diagnose import diagnose as run_diagnose
-    from deqkit.train.diagnose import write_plots
     from deqkit.train.distributed import Dist
-    from deqkit.train.restore import restore
+    from deqkit.train.diagnose import write_plots
     from deqkit.train.trainer import pick_device
 
     dev = pick_device(device, Dist())
-    restored = restore(checkpoint, dev, set_, app=app_spec)
-    _warn_nonfinite(restored)
+    if model_spec is not None:
+        report, title, metrics_file = _diagnose_model(checkpoint, model_spec, weights, batch_files, loss_spec, dev,
+                                                      given={"--batches": batches != 2, "--split": split,
+                                                             "--set": set_, "--app": app_spec})
+    else:
+        report, title, metrics_file = _diagnose_checkpoint(checkpoint, batches, split, set_, app_spec, dev,
+                                                           given={"--weights": weights, "--batch": batch_files,
+                                                                  "--loss": loss_spec})
+    printed = _emit_json(report, json_, out)
+    if not printed:
+        _print_report(_stdout(), report, title)
+    for path in write_plots(report, plots, metrics_file) if plots is not None else []:
+        typer.echo(f"wrote {path}", err=printed)  # stdout holds the JSON with --json
+
+
+def _refuse(given: dict[str, Any], mode: str) -> None:
+    for option, value in given.items():
+        if value:
+            from deqkit.train.errors import UsageError
+
+            raise UsageError(f"{option} does not apply to {mode}")
+
+
+def _diagnose_checkpoint(checkpoint: Optional[Path], batches: int, split: Optional[str], sets: list[str],
+                         app_spec: Optional[str], dev: Any, given: dict[str, Any]) -> tuple[dict, str, Path]:
+    from deqkit.train.diagnose import diagnose as run_diagnose
+    from deqkit.train.errors import UsageError
+    from deqkit.train.restore import restore
+
+    if checkpoint is None:
+        raise UsageError("diagnose needs a CHECKPOINT, or --model MODULE:NAME with --batch FILE")
+    _refuse(given, "a checkpoint (they go with --model)")
+    restored = restore(checkpoint, dev, sets, app=app_spec)
+    _warn_nonfinite(restored.path, restored.nonfinite)
     report = run_diagnose(restored, batches=batches, split=split, device=dev)
-    console = _stdout()
-    table = Table(title=f"{restored.app.name} @ step {report['step']}: {report['split']} "
-                        f"({report['samples']} samples)", title_justify="left")
+    title = f"{restored.app.name} @ step {report['step']}: {report['split']} ({report['samples']} samples)"
+    return report, title, restored.path.parent.parent / "metrics.jsonl"
+
+
+def _diagnose_model(checkpoint: Optional[Path], spec: str, weights: Optional[Path], batch_files: list[Path],
+                    loss_spec: Optional[str], dev: Any, given: dict[str, Any]) -> tuple[dict, str, None]:
+    """``--model``: build the model the user names, load ``--weights``, diagnose it on the ``--batch`` files."""
+    from deqkit.cli.model_spec import build_model, import_object, load_batch, load_weights
+    from deqkit.diagnostics.report import diagnose_batches
+    from deqkit.train.data import to_device
+    from deqkit.train.errors import UsageError
+
+    if checkpoint is not None:
+        raise UsageError("give either a CHECKPOINT or --model, not both")
+    _refuse(given, "--model (they read a checkpoint's application)")
+    if not batch_files:
+        raise UsageError("--model needs --batch FILE (a safetensors file holding one batch)")
+    loss_fn = import_object(loss_spec, "--loss") if loss_spec is not None else None
+    if loss_fn is not None and not callable(loss_fn):
+        raise UsageError(f"--loss {loss_spec} must name a function loss(model, batch) -> scalar tensor")
+    model = build_model(spec)
+    nonfinite = load_weights(model, weights) if weights is not None else []
+    _warn_nonfinite(weights, nonfinite)
+    model.to(dev)
+    loaded = [to_device(load_batch(path), dev) for path in batch_files]
+    report = {"model": spec, "weights": str(weights) if weights is not None else None,
+              "batch_files": [str(p) for p in batch_files], **diagnose_batches(model, loaded, loss_fn)}
+    return report, f"{spec}: {report['batches']} batch(es), {report['samples']} samples", None
+
+
+def _print_report(console: Console, report: dict[str, Any], title: str) -> None:
+    """The diagnose tables: one column per fixed point, each's residual curve, then the readings."""
+    from rich.markup import escape
+
+    table = Table(title=title, title_justify="left")
     table.add_column("fixed point")
     names = list(report["fixed_points"])
     for name in names:
         table.add_column(name, justify="right")
+    fps = report["fixed_points"]
+    table.add_row("solver", *(fps[n]["solver"] for n in names))
+    table.add_row("tolerance (stop mode)", *(_tolerance(fps[n]) for n in names))
     rows = [("NFE (mean)", "nfe"), ("converged fraction", "converged"), ("residual mean", "residual_mean"),
             ("residual max", "residual_max"), ("spectral norm ‖J‖₂ mean", "spectral_norm_mean"),
-            ("spectral norm ‖J‖₂ max", "spectral_norm_max"), ("spectral radius ρ(J) mean", "spectral_radius_mean"),
+            ("spectral norm ‖J‖₂ max", "spectral_norm_max"),
+            ("spectral radius ρ(J) mean", "spectral_radius_mean"),
             ("spectral radius ρ(J) max", "spectral_radius_max")]
     for label, key in rows:
-        table.add_row(label, *(fmt(report["fixed_points"][n][key]) for n in names))
+        table.add_row(label, *("n/a (tol=None)" if key == "converged" and fps[n]["fixed_count"]
+                               else fmt(fps[n][key]) for n in names))
     console.print(table)
-    for name, fp in report["fixed_points"].items():
+    for name, fp in fps.items():
         curve = Table(title=f"{name}: residual after each iteration", title_justify="left")
         curve.add_column("iteration", justify="right")
         curve.add_column("mean", justify="right")
@@ -276,49 +430,65 @@ def diagnose(
         for i, (mean, worst) in enumerate(zip(fp["residual_curve_mean"], fp["residual_curve_max"]), start=1):
             curve.add_row(str(i), fmt(mean), fmt(worst))
         console.print(curve)
-    cosine = report["gradient_cosine"]
-    console.print(f"cosine(Neumann(1) gradient, IFT gradient) of the training loss: [bold]{fmt(cosine)}[/]",
-                  highlight=False)
-    if json_file is not None:
-        json_file.parent.mkdir(parents=True, exist_ok=True)
-        json_file.write_text(json.dumps(report, indent=2) + "\n")
-    if plots is not None:
-        for path in write_plots(report, restored, plots):
-            console.print(f"wrote {path}", highlight=False)
+    for name, fp in fps.items():
+        console.print(f"[bold]{escape(name)}[/] reads:", highlight=False)
+        for key in ("converged", "spectral_radius", "spectral_norm"):
+            console.print(wrapped(fp["readings"][key], console.width, "    ", "  - "), highlight=False,
+                          markup=False, soft_wrap=True)
+    spread = ""
+    if report["gradient_cosine_min"] is not None and len(report["gradient_cosine_per_batch"]) > 1:
+        spread = (f" (min {fmt(report['gradient_cosine_min'])}, max {fmt(report['gradient_cosine_max'])}, "
+                  f"sd {fmt(report['gradient_cosine_sd'])} over {len(report['gradient_cosine_per_batch'])} batches)")
+    console.print(f"cosine(Neumann(1) gradient, IFT gradient) of the loss: [bold]{fmt(report['gradient_cosine'])}[/]"
+                  f"{spread}", highlight=False)
+    console.print(wrapped(report["gradient_cosine_reading"], console.width, "  "), highlight=False, markup=False,
+                  soft_wrap=True)
+
+
+def _tolerance(fp: dict[str, Any]) -> str:
+    if fp["fixed_count"]:
+        return f"none: {fp['max_iter']} iterations"
+    return f"{fp['tol']:g} ({fp['stop_mode']}), max_iter {fp['max_iter']}"
 
 
 # ---------------------------------------------------------------------------------------------- apps
 
 
-@app.command()
+@command()
 @one_line_errors
 def apps() -> None:
     """List the applications you can name: folders in $DEQKIT_APPS, ./applications, ./examples and the
     source checkout, and installed ones (entry point group deqkit.applications)."""
+    from rich.markup import escape
+
     from deqkit.train.application import discover, search_roots
 
-    table = Table(title="applications", title_justify="left")
-    for column in ("name", "presets (default first)", "folder", "description"):
-        table.add_column(column)
+    console = _stdout()
+    blocks = []
     for path, found in discover():
         if isinstance(found, str):
             if "does not define APP" in found:
                 continue  # a helper package, not an application
-            table.add_row(getattr(path, "name", str(path)), "[red]cannot load[/]", str(path), found)
+            blocks.append((getattr(path, "name", str(path)), "cannot load", path, found))
             continue
         presets = [found.default_preset] + [p for p in found.presets if p != found.default_preset]
-        table.add_row(found.name, ", ".join(presets), str(path), found.description)
-    if not table.row_count:
+        blocks.append((found.name, "presets " + ", ".join(presets), path, found.description))
+    if not blocks:
         roots = ", ".join(str(r) for r in search_roots()) or "none exist"
         typer.echo(f"no applications found (searched: {roots})")
         return
-    _stdout().print(table)
+    for name, presets, path, description in blocks:
+        # one block per application: the name and folder whole on their own lines, the description wrapped
+        console.print(f"[bold]{escape(name)}[/]  ({escape(presets)})", soft_wrap=True, highlight=False)
+        console.print(f"  folder: {path}", soft_wrap=True, highlight=False, markup=False)
+        if description:
+            console.print(wrapped(description, console.width, "  "), soft_wrap=True, highlight=False, markup=False)
 
 
 # --------------------------------------------------------------------------------------------- bench
 
 
-@app.command()
+@command()
 @one_line_errors
 def bench(
     application: str = typer.Argument(..., metavar="APP", help="Application folder or name."),

@@ -5,6 +5,7 @@ and as residuals that stop falling; these functions make both visible for any fi
 """
 
 from deqkit.diagnostics.memory import saved_tensor_bytes
+from deqkit.diagnostics.report import diagnose, diagnose_batches
 from deqkit.diagnostics.residuals import (
     active_length,
     convergence_rate,
@@ -18,6 +19,8 @@ from deqkit.diagnostics.spectral import jacobian_frobenius, spectral_norm, spect
 __all__ = [
     "active_length",
     "convergence_rate",
+    "diagnose",
+    "diagnose_batches",
     "fraction_converged",
     "jacobian_frobenius",
     "nfe_histogram",

@@ -53,31 +53,39 @@ Iterations = Annotated[int, Range(1, MAX_ITERATIONS, why=f"iteration counts are 
 DatasetSize = Annotated[int, Range(0, MAX_DATASET_SIZE, why=f"dataset sizes are capped at {MAX_DATASET_SIZE}")]
 
 
+def _option(default: Any, help: str) -> Any:
+    """A config field with its one-line meaning in ``metadata["help"]`` (docs/cli.md's table is made from it)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
-    """Options every application shares: optimisation, schedule, logging and the runtime."""
+    """Options every application shares: optimisation, schedule, logging and the runtime (the table of
+    docs/cli.md is generated from these fields: ``python -m deqkit.train.config_doc``)."""
 
-    steps: int = 1000  # optimiser steps in the whole run
-    batch_size: int = 64  # per process (a DDP run with N processes sees N * batch_size per step)
-    lr: float = 1e-3  # peak learning rate of AdamW
-    weight_decay: float = 0.0
-    warmup: int = 0  # linear warm-up steps from 0 to lr
-    decay: Literal["none", "cosine", "linear"] = "cosine"  # lr after warm-up, down to 0 at `steps`
-    grad_clip: float | None = None  # clip the global gradient norm to this value
-    seed: int = 0
-    log_every: int = 10  # a metrics.jsonl line every this many steps
-    eval_every: int = 200  # 0: evaluate only at the end
-    eval_split: str = "val"
-    eval_batches: int | None = None  # None: the whole split
-    ckpt_every: int = 200  # periodic checkpoints (last.safetensors is refreshed at each one)
-    keep_checkpoints: int = 3  # periodic checkpoints kept besides last.safetensors
-    image_every: int = 200  # 0: pictures only at the end
-    max_bad_steps: int = 10  # stop after this many non-finite steps in a row
-    spectral_iters: int = 10  # power iterations for the logged spectral norm; 0 disables it
-    amp: Literal["off", "bf16"] = "off"  # bf16 autocast for the forward pass
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: int | None = 1  # torch intra-op threads (1 measured fastest on 2 cores, docs/cli.md); None: torch default
-    num_workers: int = 0  # DataLoader worker processes
+    steps: int = _option(1000, "optimiser steps in the whole run")
+    batch_size: int = _option(64, "per process (a DDP run with N processes sees N * batch_size per step)")
+    lr: float = _option(1e-3, "peak learning rate of AdamW")
+    weight_decay: float = _option(0.0, "AdamW weight decay (decoupled from the gradient)")
+    warmup: int = _option(0, "linear warm-up steps from 0 to lr")
+    decay: Literal["none", "cosine", "linear"] = _option("cosine", "lr after warm-up, down to 0 at train.steps")
+    grad_clip: float | None = _option(None, "clip the global gradient norm to this value")
+    seed: int = _option(0, "seed of the model initialisation and the data order")
+    log_every: int = _option(10, "a metrics.jsonl line every this many steps")
+    eval_every: int = _option(200, "evaluate every this many steps; 0: only at the end")
+    eval_split: str = _option("val", "split scored during training and at the end")
+    eval_batches: int | None = _option(None, "batches per evaluation; none: the whole split")
+    ckpt_every: int = _option(200, "a periodic checkpoint every this many steps (last.safetensors is refreshed "
+                                   "at each one)")
+    keep_checkpoints: int = _option(3, "periodic checkpoints kept besides last.safetensors")
+    image_every: int = _option(200, "pictures every this many steps; 0: only at the end")
+    max_bad_steps: int = _option(10, "stop after this many non-finite steps in a row")
+    spectral_iters: int = _option(10, "power iterations for the logged spectral norm; 0 disables it")
+    amp: Literal["off", "bf16"] = _option("off", "bf16 autocast for the forward pass")
+    device: Literal["auto", "cpu", "cuda"] = _option("auto", "auto: CUDA if available, else the CPU")
+    num_threads: int | None = _option(1, "torch intra-op threads (1 measured fastest on 2 cores, see "
+                                         "`deqkit bench`); none: torch's default")
+    num_workers: int = _option(0, "DataLoader worker processes")
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "log_every", "max_bad_steps")

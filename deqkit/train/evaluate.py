@@ -4,13 +4,15 @@ dataset-level metrics of its optional ``summarize`` hook."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+import math
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from deqkit.train.application import Application
 from deqkit.train.data import eval_batches, to_device
+from deqkit.train.errors import ApplicationError
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -18,6 +20,32 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     if amp == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def batch_size_of(batch: Any) -> int | None:
+    """The number of samples in a batch: the leading size of its first tensor with one (None if it has none)."""
+    for leaf in torch.utils._pytree.tree_leaves(batch):
+        if isinstance(leaf, torch.Tensor) and leaf.ndim >= 1:
+            return int(leaf.shape[0])
+    return None
+
+
+def check_per_sample(name: str, values: Mapping[str, Any], batch: Any) -> None:
+    """Every averaged metric must hold one value per sample of ``batch`` (``[B]``, or ``[n]`` with n < B for
+    a metric measured on the first n samples only): a batch mean (a scalar) would be averaged as if it were
+    one sample, and more values than samples (per pixel, per slot) would outweigh the other metrics."""
+    samples = batch_size_of(batch)
+    if samples is None:
+        return
+    for key, value in values.items():
+        if key.startswith("_"):
+            continue
+        shape = tuple(torch.as_tensor(value).shape)
+        if (not shape and samples > 1) or math.prod(shape) > samples:
+            raise ApplicationError(
+                f"application '{name}': metrics()['{key}'] has shape {list(shape)} for a batch of {samples} "
+                f"samples; metrics must return one value per sample (Tensor[{samples}], or Tensor[n] for the "
+                f"first n samples), e.g. (pred == y).float() rather than its mean")
 
 
 def evaluate(app: Application, model: nn.Module, config: Any, split: str, device: torch.device,
@@ -42,9 +70,11 @@ def evaluate(app: Application, model: nn.Module, config: Any, split: str, device
     model.eval()
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            for batch in loader:
+            for index, batch in enumerate(loader):
                 with autocast(device, config.train.amp):
                     values = app.metrics(model, to_device(batch, device), config)
+                if index == 0:
+                    check_per_sample(app.name, values, batch)
                 if app.summarize is not None:
                     outputs.append({k: torch.as_tensor(v).detach().cpu() for k, v in values.items()})
                 for key, value in values.items():

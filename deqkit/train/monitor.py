@@ -14,11 +14,9 @@ from torch import nn
 
 def fixed_points(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` for every ``deqkit.FixedPoint`` in ``model`` (``'fp'`` for the model itself)."""
-    try:
-        from deqkit.fixed_point import FixedPoint
-    except ImportError:
-        return []
-    return [(name or "fp", m) for name, m in model.named_modules() if isinstance(m, FixedPoint)]
+    from deqkit.diagnostics.report import fixed_points as find
+
+    return find(model)
 
 
 def solver_stats(model: nn.Module) -> dict[str, dict[str, float]]:
