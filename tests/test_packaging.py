@@ -3,6 +3,7 @@ top-level ``applications``), and registers each application under the ``deqkit.a
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,14 +48,16 @@ def test_a_wheel_install_trains_and_evaluates_a_bundled_application_by_name(tmp_
                    check=True)
     work = tmp_path / "elsewhere"
     work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the venv's own deqkit, not a checkout's
     site = subprocess.run([str(python), "-c", "import deqkit, sysconfig; print(deqkit.__file__); "
                            "print(sysconfig.get_paths()['purelib'])"], cwd=work, capture_output=True, text=True,
-                          check=True)
+                          check=True, env=env)
     deqkit_file, purelib = site.stdout.split()
     assert deqkit_file.startswith(str(venv)) and not (Path(purelib) / "applications").exists()
 
     def deqkit(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(venv / "bin" / "deqkit"), *args], cwd=work, capture_output=True, text=True)
+        return subprocess.run([str(venv / "bin" / "deqkit"), *args], cwd=work, capture_output=True, text=True,
+                              env=env)
 
     listed = deqkit("apps")
     assert listed.returncode == 0 and all(name in listed.stdout for name in ("slate", "slot_attention"))
