@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from deqkit.data import SceneConfig, SceneDataset
 from deqkit.data.scenes import PALETTE
-from deqkit.metrics.set_prediction import THRESHOLDS, average_precision, threshold_name
+from deqkit.metrics.set_prediction import THRESHOLDS, average_precision, threshold_name, tied_predictions
 from deqkit.train import Application, ConfigError, TrainConfig
 
 from .model import (DSPNPropertyPredictor, Layout, SetAutoencoder, SlotPropertyPredictor, matched_loss, pair_losses,
@@ -269,13 +269,15 @@ def metrics(model: torch.nn.Module, batch: Batch, cfg: SetPredictionConfig) -> d
 
 
 def summarize(outputs: list[Mapping[str, torch.Tensor]], cfg: SetPredictionConfig) -> dict[str, float]:
-    """Random sets: the loss over the mean-set baseline's. Properties: AP at every threshold."""
+    """Random sets: the loss over the mean-set baseline's. Properties: AP at every threshold, and
+    ``ap_tied_predictions``, how many predictions share their confidence with another (their order is the
+    reference's; docs/metrics.md)."""
     cat = lambda key: torch.cat([o[key] for o in outputs])  # noqa: E731
     if cfg.task == "random_sets":
         return {"baseline_ratio": float(cat("set_loss").sum() / cat("baseline_loss").sum())}
     aps = average_precision(cat("_confidence"), cat("_classes"), cat("_xy"), cat("_true_classes"), cat("_true_xy"),
                             cat("_present"), THRESHOLDS)
-    return {threshold_name(t): v for t, v in aps.items()}
+    return {threshold_name(t): v for t, v in aps.items()} | {"ap_tied_predictions": tied_predictions(cat("_confidence"))}
 
 
 def visualize(model: torch.nn.Module, batch: Batch, cfg: SetPredictionConfig, path: Path) -> None:
