@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from deqkit.data import ImageFolderDataset, SceneConfig, SceneDataset
-from deqkit.metrics import fg_ari, matched_miou
+from deqkit.metrics import fg_ari, fg_ari_undefined, matched_miou
 from deqkit.plots import save_slot_grid
 from deqkit.train import Application, ConfigError, TrainConfig
 
@@ -174,7 +174,8 @@ def metrics(model: Slate, batch: Batch, cfg: SlateConfig) -> dict[str, torch.Ten
         result["mse"] = (model.reconstruct(out["slots"]).float() - image).square().flatten(1).sum(1)
     if "mask" in batch:
         masks = slot_masks(out["masks"].float(), image.shape[-1])
-        result |= {"fg_ari": fg_ari(batch["mask"], masks), "miou": matched_miou(batch["mask"], masks)}
+        result |= {"fg_ari": fg_ari(batch["mask"], masks), "miou": matched_miou(batch["mask"], masks),
+                   "fg_ari_undefined": fg_ari_undefined(batch["mask"], masks).float()}
         if "decoder_masks" in out:  # the mixture decoder's own masks, scored the same way
             masks = slot_masks(out["decoder_masks"].float(), image.shape[-1])
             result |= {"fg_ari_decoder": fg_ari(batch["mask"], masks)}
