@@ -90,6 +90,9 @@ class SetPredictionConfig:
     inner_lr: float = 1.0  # DSPN's inner step size (the inner objective averages over entries, as iDSPN's)
     inner_reg: float = 0.1  # weight of ½‖Y − Y0‖² in the inner objective (iDSPN with a learned start: 0.1)
     inner_momentum: float = 0.0  # Nesterov momentum of the inner steps (iDSPN's default: 0.9)
+    # per_sample: iDSPN's ½‖enc(Y) − z‖² per sample; batch_mean: the reference DSPN's Huber loss averaged over
+    # the batch, so a sample's inner steps scale with 1/batch size (their inner lr: 800; docs/set_prediction.md)
+    inner_objective: Literal["per_sample", "batch_mean"] = "per_sample"
     share_encoder: bool = False  # random sets: one encoder for the input and the inner objective (DSPN)
     pool: Literal["fspool", "sum"] = "fspool"
 
@@ -217,14 +220,14 @@ def build_model(cfg: SetPredictionConfig) -> torch.nn.Module:
     if cfg.task == "random_sets":
         return SetAutoencoder(cfg.sets.set_size, cfg.sets.dim, cfg.set_hidden, cfg.latent, cfg.iters,
                               inner_lr=cfg.inner_lr, inner_reg=cfg.inner_reg, inner_momentum=cfg.inner_momentum, pool=cfg.pool,
-                              share_encoder=cfg.share_encoder, **common)
+                              share_encoder=cfg.share_encoder, inner_objective=cfg.inner_objective, **common)
     encoder = dict(encoder_layers=cfg.encoder_layers, encoder_kernel=cfg.encoder_kernel,
                    encoder_downsample=cfg.encoder_downsample)
     if cfg.decoder == "dspn":
         return DSPNPropertyPredictor(layout(cfg), cfg.data.image_size, cfg.num_slots, cfg.channels, cfg.latent,
                                      cfg.set_hidden, cfg.iters, inner_lr=cfg.inner_lr, inner_reg=cfg.inner_reg,
                                      inner_momentum=cfg.inner_momentum, pool=cfg.pool, **encoder,
-                                     **common)
+                                     inner_objective=cfg.inner_objective, **common)
     return SlotPropertyPredictor(layout(cfg), cfg.num_slots, cfg.slot_dim, cfg.channels, cfg.mlp_hidden, cfg.iters,
                                  init=cfg.init, **encoder, **common)
 
