@@ -295,7 +295,7 @@ def test_gaussian_init_options_draw_from_their_distributions():
     slot_dim = 4096  # many draws per parameter vector
     torch.manual_seed(0)
     normal = SlotAttention(K, D, slot_dim, mlp_hidden=8, gaussian_init="normal")
-    glorot = SlotAttention(K, D, slot_dim, mlp_hidden=8, gaussian_init="glorot_uniform")
+    glorot = SlotAttention(K, D, slot_dim, mlp_hidden=8, gaussian_init="keras_glorot")
     bound = math.sqrt(6 / (1 + slot_dim))  # Keras' fans of a [1, 1, S] weight: 1 and S
     for p in (glorot.mu, glorot.log_sigma):
         assert p.abs().max() <= bound and p.abs().max() > 0.95 * bound

@@ -59,7 +59,7 @@ def test_presets_resolve_and_unknown_keys_are_errors():
 
 def test_reference_options_reach_the_model_and_the_metrics_report_undefined_fg_ari():
     app = load_application("applications/slot_attention")
-    cfg = app.make_config("smoke", ["init=gaussian", "layer_norm_eps=1e-3", "gaussian_init=glorot_uniform"])
+    cfg = app.make_config("smoke", ["init=gaussian", "layer_norm_eps=1e-3", "gaussian_init=keras_glorot"])
     model = app.build_model(cfg)
     sa = model.slot_attention
     assert sa.norm_inputs.eps == sa.step.norm_slots.eps == sa.step.norm_mlp.eps == 1e-3

@@ -46,9 +46,9 @@ class SlotAttentionConfig:
     decoder_full_res_convs: int = 1  # conv decoder: 3x3 convolutions after the upsampling
     decoder_grid: int = 8  # side of the spatial broadcast before the stride-2 transposed convolutions
     init: Literal["gaussian", "learned"] = "gaussian"  # slots start from a learned Gaussian or learned queries
-    # the reference code's values (Keras): layer_norm_eps=1e-3, gaussian_init=glorot_uniform (docs/nn.md)
+    # the reference code's values (Keras): layer_norm_eps=1e-3, gaussian_init=keras_glorot (docs/nn.md)
     layer_norm_eps: float = 1e-5  # slot attention's three LayerNorms (torch's default)
-    gaussian_init: Literal["normal", "glorot_uniform"] = "normal"  # init=gaussian: how mu and log_sigma start
+    gaussian_init: Literal["normal", "keras_glorot", "torch_xavier"] = "normal"  # init=gaussian: how mu and log_sigma start
     solver: Literal["iteration", "anderson", "broyden"] = "iteration"
     backward: Literal["unrolled", "neumann", "ift", "phantom"] = "neumann"
     tol: float | None = None  # None: exactly `iters` updates

@@ -57,7 +57,7 @@ class SlotAttentionStep(nn.Module):
 
 
 SlotInit = Literal["gaussian", "learned"]
-GaussianInit = Literal["normal", "glorot_uniform"]
+GaussianInit = Literal["normal", "keras_glorot", "torch_xavier"]
 
 
 def keras_glorot_uniform_(param: torch.Tensor) -> torch.Tensor:
@@ -91,7 +91,8 @@ class SlotAttention(nn.Module):
     defaults differ: ``layer_norm_eps`` (torch's 1e-5; Keras' ``LayerNormalization`` uses 1e-3) for the
     three LayerNorms of slot attention, and ``gaussian_init`` for the Gaussian's ``mu`` and ``log_sigma``:
     ``"normal"`` draws ``mu`` from N(0, 1) and ``log_sigma`` by torch's ``xavier_uniform_``;
-    ``"glorot_uniform"`` draws both from Keras' ``glorot_uniform`` (:func:`keras_glorot_uniform_`).
+    ``"keras_glorot"`` draws both by Keras' ``glorot_uniform`` (:func:`keras_glorot_uniform_`, the
+    google-research reference); ``"torch_xavier"`` both by torch's ``xavier_uniform_`` (SLATE's code).
     """
 
     def __init__(self, num_slots: int, input_dim: int, slot_dim: int = 64, mlp_hidden: int = 128,
@@ -101,8 +102,9 @@ class SlotAttention(nn.Module):
         super().__init__()
         if init not in ("gaussian", "learned"):
             raise ConfigError(f"SlotAttention: unknown init {init!r}; use 'gaussian' or 'learned'")
-        if gaussian_init not in ("normal", "glorot_uniform"):
-            raise ConfigError(f"SlotAttention: unknown gaussian_init {gaussian_init!r}; use 'normal' or 'glorot_uniform'")
+        if gaussian_init not in ("normal", "keras_glorot", "torch_xavier"):
+            raise ConfigError(f"SlotAttention: unknown gaussian_init {gaussian_init!r}; use 'normal', 'keras_glorot' "
+                              "or 'torch_xavier'")
         if not layer_norm_eps > 0:
             raise ConfigError(f"SlotAttention: layer_norm_eps must be > 0, got {layer_norm_eps!r}")
         self.num_slots, self.slot_dim, self.init = num_slots, slot_dim, init
@@ -112,9 +114,10 @@ class SlotAttention(nn.Module):
         if init == "gaussian":
             self.mu = nn.Parameter(torch.randn(1, 1, slot_dim))
             self.log_sigma = nn.Parameter(torch.empty(1, 1, slot_dim))
-            if gaussian_init == "normal":
-                nn.init.xavier_uniform_(self.log_sigma)
-            else:
+            nn.init.xavier_uniform_(self.log_sigma)
+            if gaussian_init == "torch_xavier":
+                nn.init.xavier_uniform_(self.mu)
+            elif gaussian_init == "keras_glorot":
                 keras_glorot_uniform_(self.mu)
                 keras_glorot_uniform_(self.log_sigma)
         else:
