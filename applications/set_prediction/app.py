@@ -280,7 +280,8 @@ def summarize(outputs: list[Mapping[str, torch.Tensor]], cfg: SetPredictionConfi
         return {"baseline_ratio": float(cat("set_loss").sum() / cat("baseline_loss").sum())}
     aps = average_precision(cat("_confidence"), cat("_classes"), cat("_xy"), cat("_true_classes"), cat("_true_xy"),
                             cat("_present"), THRESHOLDS)
-    return {threshold_name(t): v for t, v in aps.items()} | {"ap_tied_predictions": tied_predictions(cat("_confidence"))}
+    tied = tied_predictions(cat("_confidence"))
+    return {threshold_name(t): v for t, v in aps.items()} | {"ap_tied_predictions": tied}
 
 
 def visualize(model: torch.nn.Module, batch: Batch, cfg: SetPredictionConfig, path: Path) -> None:

@@ -48,7 +48,8 @@ class SlotAttentionConfig:
     init: Literal["gaussian", "learned"] = "gaussian"  # slots start from a learned Gaussian or learned queries
     # the reference code's values (Keras): layer_norm_eps=1e-3, gaussian_init=keras_glorot (docs/nn.md)
     layer_norm_eps: float = 1e-5  # slot attention's three LayerNorms (torch's default)
-    gaussian_init: Literal["normal", "keras_glorot", "torch_xavier"] = "normal"  # init=gaussian: how mu and log_sigma start
+    # init=gaussian: how mu and log_sigma start (normal: mu ~ N(0, 1); keras_glorot: the reference's)
+    gaussian_init: Literal["normal", "keras_glorot", "torch_xavier"] = "normal"
     solver: Literal["iteration", "anderson", "broyden"] = "iteration"
     backward: Literal["unrolled", "neumann", "ift", "phantom"] = "neumann"
     tol: float | None = None  # None: exactly `iters` updates

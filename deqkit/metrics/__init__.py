@@ -24,7 +24,7 @@ from deqkit.metrics.set_prediction import THRESHOLDS as AP_THRESHOLDS
 from deqkit.metrics.set_prediction import average_precision
 
 __all__ = [
-    "AP_THRESHOLDS", "ari", "average_precision", "fg_ari", "fg_ari_undefined", "fid_metric", "frechet_distance", "hungarian_match",
-    "jacobian_ari", "jacobian_interaction_score", "jacobian_masks", "matched_miou", "reconstruction_mse",
-    "slot_jacobian_norms", "small_extractor",
+    "AP_THRESHOLDS", "ari", "average_precision", "fg_ari", "fg_ari_undefined", "fid_metric", "frechet_distance",
+    "hungarian_match", "jacobian_ari", "jacobian_interaction_score", "jacobian_masks", "matched_miou",
+    "reconstruction_mse", "slot_jacobian_norms", "small_extractor",
 ]
