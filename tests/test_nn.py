@@ -302,6 +302,9 @@ def test_gaussian_init_options_draw_from_their_distributions():
         assert p.var().item() == pytest.approx(bound**2 / 3, rel=0.1)  # variance of U(-b, b)
     assert normal.mu.std().item() == pytest.approx(1.0, rel=0.1)
     assert normal.log_sigma.abs().max() <= math.sqrt(3 / slot_dim)  # torch's xavier_uniform_ fans: S and S
+    xavier = SlotAttention(K, D, slot_dim, mlp_hidden=8, gaussian_init="torch_xavier")  # SLATE's code
+    for p in (xavier.mu, xavier.log_sigma):
+        assert math.sqrt(3 / slot_dim) * 0.95 < p.abs().max() <= math.sqrt(3 / slot_dim)
     # Keras' fans on a 4-d convolution kernel [h, w, in, out]: receptive field h*w
     kernel = keras_glorot_uniform_(torch.empty(3, 3, 200, 300))
     assert kernel.abs().max() <= math.sqrt(6 / (9 * 500)) and kernel.abs().max() > 0.95 * math.sqrt(6 / (9 * 500))
