@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from sklearn.metrics import adjusted_rand_score
 
-from deqkit.metrics import ari, fg_ari, hungarian_match, matched_miou, reconstruction_mse
+from deqkit.metrics import ari, fg_ari, fg_ari_undefined, hungarian_match, matched_miou, reconstruction_mse
 
 torch.set_num_threads(1)
 
@@ -254,3 +254,72 @@ def test_reconstruction_mse_is_the_per_sample_mean_squared_error() -> None:
     assert recons.grad is not None
     with pytest.raises(ValueError, match="same shape"):
         reconstruction_mse(images, recons[:, :2])
+
+
+def reference_fg_ari(true: np.ndarray, pred: np.ndarray, num_slots: int) -> np.ndarray:
+    """DeepMind's adjusted_rand_index (multi_object_datasets/segmentation_metrics.py), written out in numpy
+    from its definition: one-hot true masks over the foreground objects (background pixels zero-hot), the
+    pair-count formula without a guard (0/0 -> NaN), and its one special case (1.0 when the argmax ids of
+    all pixels, background included, are one value in both)."""
+    scores = []
+    for t, p in zip(true.reshape(len(true), -1), pred.reshape(len(pred), -1)):
+        objects = [i for i in np.unique(t) if i != 0]
+        true_oh = np.stack([t == i for i in objects], -1).astype(float) if objects else np.zeros((len(t), 1))
+        pred_oh = np.eye(num_slots)[p]
+        n = true_oh.sum()
+        nij = pred_oh.T @ true_oh
+        a, b = nij.sum(0), nij.sum(1)
+        rindex, aindex, bindex = (nij * (nij - 1)).sum(), (a * (a - 1)).sum(), (b * (b - 1)).sum()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            expected = aindex * bindex / (n * (n - 1))
+            score = (rindex - expected) / ((aindex + bindex) / 2 - expected)
+        both_single = (true_oh.argmax(-1) == true_oh.argmax(-1)[0]).all() and (p == p[0]).all()
+        scores.append(1.0 if both_single else score)
+    return np.array(scores)
+
+
+def test_fg_ari_on_degenerate_images_follows_sklearn_and_flags_the_reference_nans() -> None:
+    cases = {  # (true ids, predicted slot ids) on 2x3 images; 0 is the background
+        "empty foreground": ([[0, 0, 0], [0, 0, 0]], [[0, 1, 2], [0, 1, 2]]),
+        "one foreground pixel": ([[0, 0, 0], [0, 3, 0]], [[0, 1, 2], [0, 1, 2]]),
+        "one object, one segment": ([[0, 4, 4], [0, 4, 4]], [[0, 2, 2], [1, 2, 2]]),
+        "two pixels, two objects, two segments": ([[0, 1, 0], [0, 2, 0]], [[0, 1, 0], [0, 2, 0]]),
+        "one object, split": ([[0, 4, 4], [0, 4, 4]], [[0, 1, 2], [0, 1, 2]]),
+        "two objects, exact": ([[1, 1, 0], [2, 2, 0]], [[0, 0, 1], [2, 2, 1]]),
+        "two objects, merged": ([[1, 1, 0], [2, 2, 0]], [[0, 0, 1], [0, 0, 1]]),
+        "three objects, mixed": ([[1, 2, 3], [1, 2, 3]], [[0, 0, 1], [2, 1, 1]]),
+    }
+    true = torch.tensor([c[0] for c in cases.values()])
+    pred = torch.tensor([c[1] for c in cases.values()])
+    ours, flag = fg_ari(true, pred).numpy(), fg_ari_undefined(true, pred).numpy()
+    reference = reference_fg_ari(true.numpy(), pred.numpy(), num_slots=3)
+    np.testing.assert_allclose(ours, sklearn_ari(true.numpy(), pred.numpy(), ignore_background=True), atol=1e-6)
+    assert flag.tolist() == [True] * 4 + [False] * 4
+    assert np.isnan(reference[flag]).all() and (ours[flag] == 1.0).all()
+    np.testing.assert_allclose(ours[~flag], reference[~flag], atol=1e-6)
+    assert ours[~flag].tolist()[:2] == [0.0, 1.0]  # one object split: 0 in both conventions
+    # the reference-style mean over defined images, recomputed from the mean and the flagged fraction
+    f = flag.mean()
+    assert (ours.mean() - f) / (1 - f) == pytest.approx(np.nanmean(reference))
+
+
+def test_fg_ari_undefined_with_the_references_own_special_case() -> None:
+    # one object (the first one-hot channel) and every pixel, background included, in one slot: the reference
+    # returns its special-case 1.0, deqkit 1.0; the image is still flagged (no pair to score)
+    true, pred = torch.tensor([[[0, 5], [5, 5]]]), torch.zeros(1, 2, 2, dtype=torch.long)
+    assert reference_fg_ari(true.numpy(), pred.numpy(), 2).tolist() == [1.0]
+    assert fg_ari(true, pred).tolist() == [1.0] and fg_ari_undefined(true, pred).tolist() == [True]
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_fg_ari_agrees_with_the_reference_wherever_it_is_defined(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    true = torch.from_numpy(rng.integers(0, 3, (6, 3, 3)))
+    pred = torch.from_numpy(rng.integers(0, 3, (6, 3, 3)))
+    ours, flag = fg_ari(true, pred).numpy(), fg_ari_undefined(true, pred).numpy()
+    reference = reference_fg_ari(true.numpy(), pred.numpy(), 3)
+    special = np.array([len(set(t.reshape(-1).tolist()) - {0}) <= 1 and (p == p.reshape(-1)[0]).all()
+                        for t, p in zip(true.numpy(), pred.numpy())])  # the reference's 1.0 case, see above
+    assert (np.isnan(reference) == (flag & ~special)).all()
+    np.testing.assert_allclose(ours[~flag], reference[~flag], atol=1e-6)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from deqkit.metrics.set_prediction import THRESHOLDS, average_precision, precision_envelope_ap, threshold_name
+from deqkit.metrics.set_prediction import (THRESHOLDS, average_precision, precision_envelope_ap, threshold_name,
+                                           tied_predictions)
 
 # one image, three real objects: (shape, colour) classes and (x, y) coordinates
 CLASSES = torch.tensor([[[0, 1], [2, 3], [1, 1]]])
@@ -72,12 +73,34 @@ def test_a_second_prediction_on_a_claimed_object_is_a_false_positive():
     assert result == pytest.approx({t: 0.5 for t in THRESHOLDS})  # TP, FP: recall 1/2 at precision 1
 
 
-def test_ties_in_confidence_rank_by_position():
+def test_ties_rank_as_the_reference_last_position_first():
+    """One real object, two predictions at confidence 1.0 (sigmoid of a logit of 20 in float32): slot 0 wrong,
+    slot 1 exact. The reference reverses an ascending argsort, so slot 1 ranks first: TP, FP -> AP 1.0 (a
+    stable descending sort would rank slot 0 first: FP, TP -> 0.5)."""
+    conf = torch.sigmoid(torch.tensor([[20.0, 20.0]]))
+    conf_list = conf.tolist()
+    assert (conf == 1.0).all()
     one = dict(true_classes=torch.tensor([[[0, 0]]]), true_coords=torch.zeros(1, 1, 2),
                present=torch.tensor([[True]]))
-    # equal confidence: slot 0 (wrong shape) ranks first -> FP, TP: precision 1/2 at recall 1
-    assert ap([[0.5, 0.5]], [[[1, 0], [0, 0]]], torch.zeros(1, 2, 2), **one)[math.inf] == pytest.approx(0.5)
-    assert ap([[0.5, 0.5]], [[[0, 0], [1, 0]]], torch.zeros(1, 2, 2), **one)[math.inf] == pytest.approx(1.0)
+    assert ap(conf_list, [[[1, 0], [0, 0]]], torch.zeros(1, 2, 2), **one) == {t: 1.0 for t in THRESHOLDS}
+    assert ap(conf_list, [[[0, 0], [1, 0]]], torch.zeros(1, 2, 2), **one) == pytest.approx({t: 0.5 for t in THRESHOLDS})
+    # the order is the reference's own: numpy's default argsort, reversed, on these two confidences
+    assert np.argsort(conf.numpy().reshape(-1))[::-1].tolist() == [1, 0]
+
+
+def test_tied_predictions_counts_every_member_of_a_tie():
+    assert tied_predictions(torch.tensor([[1.0, 1.0, 0.3], [0.2, 1.0, 0.3]])) == 5
+    assert tied_predictions(torch.tensor([[0.9, 0.8], [0.7, 0.6]])) == 0
+
+
+def test_set_prediction_summary_reports_tied_predictions():
+    from applications.set_prediction.app import APP
+
+    cfg = APP.make_config("smoke")
+    outputs = [{"_confidence": torch.tensor([[1.0, 1.0, 0.2, 0.1]]), "_classes": torch.zeros(1, 4, 3, dtype=torch.long),
+                "_xy": torch.zeros(1, 4, 2), "_true_classes": torch.zeros(1, 4, 3, dtype=torch.long),
+                "_true_xy": torch.zeros(1, 4, 2), "_present": torch.tensor([[True, False, False, False]])}]
+    assert APP.summarize(outputs, cfg)["ap_tied_predictions"] == 2
 
 
 def test_envelope_ap_by_hand_and_names():
@@ -87,10 +110,11 @@ def test_envelope_ap_by_hand_and_names():
 
 def _reference_ap(pred, attributes, threshold):
     """Locatello et al.'s average_precision_clevr (google-research/slot_attention utils.py), transcribed
-    with attribute rows ``[x, y, class_a, class_b, present]`` and a stable sort; -1 means no threshold."""
+    with attribute rows ``[x, y, class_a, class_b, present]``; its reversed ascending argsort made stable (the
+    order numpy's default sort gives on short arrays); -1 means no threshold."""
     batch, k = pred.shape[:2]
     flat = pred.reshape(batch * k, -1)
-    order = np.argsort(-flat[:, -1], kind="stable")
+    order = np.argsort(flat[:, -1], kind="stable")[::-1]
     tp, fp, detected = np.zeros(len(order)), np.zeros(len(order)), set()
     for d, idx in enumerate(order):
         image, p = idx // k, flat[idx]

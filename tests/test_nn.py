@@ -267,3 +267,58 @@ def test_slot_masks_are_the_softmax_over_slots_of_the_attention():
     torch.testing.assert_close(masks.sum(1), torch.ones(2, 10))
     # the attention used by the update is the same weights renormalised over the inputs (up to eps)
     torch.testing.assert_close(masks / masks.sum(-1, keepdim=True), attn, atol=1e-6, rtol=1e-5)
+
+
+def test_layer_norm_eps_option_reaches_every_layer_norm_and_changes_the_output():
+    torch.manual_seed(0)
+    ref = SlotAttention(K, D, S, mlp_hidden=16, layer_norm_eps=1e-3).double()
+    torch.manual_seed(0)
+    default = SlotAttention(K, D, S, mlp_hidden=16).double()
+    norms = [m for m in ref.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 3 and all(m.eps == 1e-3 for m in norms)
+    assert all(m.eps == 1e-5 for m in default.modules() if isinstance(m, torch.nn.LayerNorm))
+    # inputs of small spread, where the epsilon under the square root matters
+    inputs, slots = _inputs()
+    inputs = 0.01 * inputs
+    out_ref, out_default = ref(inputs, slots)[0], default(inputs, slots)[0]
+    assert not torch.allclose(out_ref, out_default, atol=1e-3)
+    # the same eps given to torch's LayerNorm by hand reproduces the option's input normalisation
+    by_hand = torch.nn.functional.layer_norm(inputs, (D,), ref.norm_inputs.weight, ref.norm_inputs.bias, eps=1e-3)
+    torch.testing.assert_close(ref.norm_inputs(inputs), by_hand)
+
+
+def test_gaussian_init_options_draw_from_their_distributions():
+    import math
+
+    from deqkit.nn.slot_attention import keras_glorot_uniform_
+
+    slot_dim = 4096  # many draws per parameter vector
+    torch.manual_seed(0)
+    normal = SlotAttention(K, D, slot_dim, mlp_hidden=8, gaussian_init="normal")
+    glorot = SlotAttention(K, D, slot_dim, mlp_hidden=8, gaussian_init="keras_glorot")
+    bound = math.sqrt(6 / (1 + slot_dim))  # Keras' fans of a [1, 1, S] weight: 1 and S
+    for p in (glorot.mu, glorot.log_sigma):
+        assert p.abs().max() <= bound and p.abs().max() > 0.95 * bound
+        assert p.var().item() == pytest.approx(bound**2 / 3, rel=0.1)  # variance of U(-b, b)
+    assert normal.mu.std().item() == pytest.approx(1.0, rel=0.1)
+    assert normal.log_sigma.abs().max() <= math.sqrt(3 / slot_dim)  # torch's xavier_uniform_ fans: S and S
+    xavier = SlotAttention(K, D, slot_dim, mlp_hidden=8, gaussian_init="torch_xavier")  # SLATE's code
+    for p in (xavier.mu, xavier.log_sigma):
+        assert math.sqrt(3 / slot_dim) * 0.95 < p.abs().max() <= math.sqrt(3 / slot_dim)
+    # Keras' fans on a 4-d convolution kernel [h, w, in, out]: receptive field h*w
+    kernel = keras_glorot_uniform_(torch.empty(3, 3, 200, 300))
+    assert kernel.abs().max() <= math.sqrt(6 / (9 * 500)) and kernel.abs().max() > 0.95 * math.sqrt(6 / (9 * 500))
+    with pytest.raises(Exception, match="gaussian_init"):
+        SlotAttention(K, D, S, gaussian_init="zeros")
+
+
+def test_iterate_gives_the_fixed_points_iterates_from_the_same_noise():
+    sa = _module("unrolled", iters=3)
+    inputs, _ = _inputs()
+    noise = torch.randn(B, K, S, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    slots, attn, _ = sa(inputs, noise=noise)
+    start = sa.initial_slots(B, noise)
+    torch.testing.assert_close(sa.iterate(inputs, start, 3), slots)
+    # one step from the second iterate is the third; a different draw gives different slots
+    torch.testing.assert_close(sa.iterate(inputs, sa.iterate(inputs, start, 2), 1), slots)
+    assert not torch.allclose(sa(inputs, noise=noise + 1)[0], slots)

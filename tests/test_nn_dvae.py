@@ -46,3 +46,18 @@ def test_cosine_anneal_by_hand():
     assert cosine_anneal(25, 1.0, 0.1, 0, 100) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi / 4)))
     assert cosine_anneal(500, 1.0, 0.1, 0, 100) == 0.1
     assert cosine_anneal(5, 1.0, 0.1, 10, 100) == 1.0
+
+
+def test_slate_blocks_are_slates_layout():
+    plain, slate = DiscreteVAE(32, patch=4, hidden=16), DiscreteVAE(32, patch=4, hidden=16, blocks="slate")
+    convs = lambda seq: [(m.kernel_size[0], m.bias is None) for m in seq if isinstance(m, torch.nn.Conv2d)]  # noqa: E731
+    # decoder: 1x1 in, then per x2 stage a 3x3, hidden 1x1s and a 1x1 to 4x channels; 1x1 out
+    assert convs(plain.decoder) == [(1, False)] + [(3, False), (1, False), (1, False)] * 2 + [(1, False)]
+    assert convs(slate.decoder) == [(1, True)] + [(3, True), (1, True), (1, True), (1, True)] * 2 + [(1, False)]
+    norms = [m for m in slate.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 7 + 9 and all(m.num_groups == 1 for m in norms)
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in plain.modules())
+    out = slate(torch.rand(2, 3, 16, 16), tau=0.5)
+    assert out["recon"].shape == (2, 3, 16, 16) and out["tokens"].shape == (2, 4, 4)
+    with pytest.raises(Exception, match="blocks"):
+        DiscreteVAE(32, blocks="groupnorm")

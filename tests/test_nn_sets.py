@@ -193,3 +193,34 @@ def test_exact_implicit_gradient_does_not_depend_on_the_inner_optimiser():
         grads.append(torch.autograd.grad((y * weight).sum(), list(enc.parameters())))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_batch_mean_inner_objective_makes_a_samples_steps_depend_on_its_batch():
+    torch.manual_seed(0)
+    enc = SetEncoder(3, 4, 16, 8)
+    x = torch.randn(5, 4, 3)
+    z = enc(x).detach()
+    decoders = {form: DSPN(enc, 4, 3, iters=5, lr=1.0, inner_objective=form, backward="unrolled")
+                for form in ("per_sample", "batch_mean")}
+    with torch.no_grad():
+        for form, dspn in decoders.items():
+            alone, _ = dspn(z[:1])
+            in_batch, _ = dspn(z)
+            if form == "per_sample":
+                torch.testing.assert_close(alone[0], in_batch[0])  # iDSPN: a sample's descent is its own
+            else:
+                assert not torch.allclose(alone[0], in_batch[0], atol=1e-4)
+    # the reference's step: the per-sample Huber gradient over the batch size; in a batch of five, each
+    # sample's step is a fifth of its step alone
+    y = torch.randn(5, 4, 3)
+    g_batch = inner_gradient(enc, y, z, form="batch_mean")
+    for b in range(5):
+        g_alone = inner_gradient(enc, y[b:b + 1], z[b:b + 1], form="batch_mean")
+        torch.testing.assert_close(g_batch[b], g_alone[0] / 5)
+    # and the Huber loss is F.smooth_l1_loss's: quadratic below 1, linear above
+    y = y.requires_grad_()
+    huber = torch.nn.functional.smooth_l1_loss(enc(y), z, reduction="mean")
+    (expected,) = torch.autograd.grad(huber, y)
+    torch.testing.assert_close(inner_gradient(enc, y.detach(), z, form="batch_mean"), expected)
+    with pytest.raises(Exception, match="inner objective"):
+        DSPN(enc, 4, 3, inner_objective="sum")

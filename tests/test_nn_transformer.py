@@ -80,3 +80,12 @@ def test_context_dropout_hides_tokens_in_training_only():
     assert gpt.hidden_context(tokens) is None  # eval mode sees every token
     with pytest.raises(ValueError, match="context_dropout"):
         ImageGPT(11, 9, 16, 4, 1, context_dropout=1.5)
+
+
+def test_mlp_activation_option():
+    relu = ImageGPT(8, 4, 16, 2, 2, activation="relu")
+    assert sum(isinstance(m, torch.nn.ReLU) for m in relu.modules()) == 2
+    assert not any(isinstance(m, torch.nn.GELU) for m in relu.modules())
+    assert sum(isinstance(m, torch.nn.GELU) for m in ImageGPT(8, 4, 16, 2, 2).modules()) == 2
+    with pytest.raises(ValueError, match="activation"):
+        ImageGPT(8, 4, 16, 2, 1, activation="swish")

@@ -170,3 +170,47 @@ def test_report_summarises_seeds_and_calls_a_gap_within_the_spread_no_difference
     assert g["fg_ari"]["sd"] == pytest.approx(0.05)
     verdict = {r["metric"]: r["difference"] for r in group_differences(groups)}
     assert verdict["fg_ari"] is False and verdict["mse"] is True and verdict["ce"] is False
+
+
+@pytest.mark.parametrize("preset, backward", [("paper", "unrolled"), ("paper_implicit", "neumann")])
+def test_paper_presets_resolve_build_and_run_a_step(preset, backward):
+    cfg = APP.make_config(preset)
+    assert cfg.backward == backward and cfg.solver == "iteration" and cfg.masks == "last_iteration"
+    assert (cfg.train.decay, cfg.train.warmup, cfg.train.lr, cfg.dvae_lr, cfg.train.grad_clip) == ("none", 30_000, 1e-4,
+                                                                                                   3e-4, 1.0)
+    model = APP.build_model(cfg)
+    assert sum(isinstance(m, torch.nn.GroupNorm) for m in model.dvae.modules()) == 7 + 1 + 2 * 4  # SLATE's blocks
+    assert not any(isinstance(m, torch.nn.GELU) for m in model.gpt.modules())
+    assert sum(isinstance(m, torch.nn.ReLU) for m in model.gpt.modules()) == cfg.num_blocks
+    # one training step of the same model on 16 px images (the full size is for a GPU)
+    small = APP.make_config(preset, ["data.image_size=16", "data.train_size=8", "train.batch_size=2"])
+    torch.manual_seed(0)
+    model = APP.build_model(small)
+    batch = torch.utils.data.default_collate([build_dataset(small, "train")[i] for i in range(2)])
+    loss, logs = APP.loss(model, batch, small)
+    loss.backward()
+    assert torch.isfinite(loss) and model.slot_attention.to_k.weight.grad is not None
+    # vanilla backpropagates into the Gaussian start through the iterations; implicit detaches the start
+    assert (model.slot_attention.mu.grad is not None) == (backward == "unrolled")
+
+
+@pytest.mark.parametrize("init", ["learned", "gaussian"])
+def test_last_iteration_masks_are_the_attention_of_the_slots_before_the_last_update(init):
+    cfg = APP.make_config("smoke", [f"init={init}", "masks=last_iteration", "iters=3", "backward=unrolled"])
+    torch.manual_seed(0)
+    model = APP.build_model(cfg).eval()
+    sa = model.slot_attention
+    image = torch.utils.data.default_collate([build_dataset(cfg, "val")[i] for i in range(2)])["image"]
+    with torch.no_grad():
+        torch.manual_seed(5)  # in eval mode the Gaussian start is the forward's only random draw
+        out = model(image)
+        torch.manual_seed(5)
+        noise = torch.randn(2, sa.num_slots, sa.slot_dim)
+        inputs = model.slot_features(out["tokens"])
+        start = sa.initial_slots(2, noise)
+        before_last = sa.iterate(inputs, start, 2)
+        torch.testing.assert_close(sa.iterate(inputs, before_last, 1), out["slots"])
+        torch.testing.assert_close(out["masks"], sa.masks(inputs, before_last))
+        assert not torch.allclose(out["masks"], sa.masks(inputs, out["slots"]), atol=1e-4)  # not the final ones
+    with pytest.raises(ValueError, match="last_iteration"):
+        APP.make_config("smoke", ["masks=last_iteration", "solver=anderson"])

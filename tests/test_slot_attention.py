@@ -57,6 +57,21 @@ def test_presets_resolve_and_unknown_keys_are_errors():
         app.make_config("cpu", ["slots=3"])
 
 
+def test_reference_options_reach_the_model_and_the_metrics_report_undefined_fg_ari():
+    app = load_application("applications/slot_attention")
+    cfg = app.make_config("smoke", ["init=gaussian", "layer_norm_eps=1e-3", "gaussian_init=keras_glorot"])
+    model = app.build_model(cfg)
+    sa = model.slot_attention
+    assert sa.norm_inputs.eps == sa.step.norm_slots.eps == sa.step.norm_mlp.eps == 1e-3
+    assert sa.mu.abs().max() <= (6 / (1 + cfg.slot_dim)) ** 0.5  # glorot, not N(0, 1)
+    assert app.build_model(app.make_config("smoke")).slot_attention.norm_inputs.eps == 1e-5
+    with pytest.raises(ValueError, match="layer_norm_eps"):
+        app.make_config("smoke", ["layer_norm_eps=0"])
+    batch = torch.utils.data.default_collate([app.build_dataset(cfg, "val")[i] for i in range(4)])
+    values = app.metrics(model, batch, cfg)
+    assert set(values["fg_ari_undefined"].tolist()) <= {0.0, 1.0} and values["fg_ari_undefined"].shape == (4,)
+
+
 @pytest.mark.parametrize("decoder", ["conv", "mlp"])
 def test_both_decoders_give_masks_that_partition_each_pixel(decoder):
     torch.manual_seed(0)

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from deqkit.data import SceneConfig, SceneDataset
 from deqkit.data.scenes import PALETTE
-from deqkit.metrics.set_prediction import THRESHOLDS, average_precision, threshold_name
+from deqkit.metrics.set_prediction import THRESHOLDS, average_precision, threshold_name, tied_predictions
 from deqkit.train import Application, ConfigError, TrainConfig
 from deqkit.train.config import DatasetSize, Iterations
 
@@ -91,6 +91,9 @@ class SetPredictionConfig:
     inner_lr: float = 1.0  # DSPN's inner step size (the inner objective averages over entries, as iDSPN's)
     inner_reg: float = 0.1  # weight of ½‖Y − Y0‖² in the inner objective (iDSPN with a learned start: 0.1)
     inner_momentum: float = 0.0  # Nesterov momentum of the inner steps (iDSPN's default: 0.9)
+    # per_sample: iDSPN's ½‖enc(Y) − z‖² per sample; batch_mean: the reference DSPN's Huber loss averaged over
+    # the batch, so a sample's inner steps scale with 1/batch size (their inner lr: 800; docs/set_prediction.md)
+    inner_objective: Literal["per_sample", "batch_mean"] = "per_sample"
     share_encoder: bool = False  # random sets: one encoder for the input and the inner objective (DSPN)
     pool: Literal["fspool", "sum"] = "fspool"
 
@@ -218,14 +221,14 @@ def build_model(cfg: SetPredictionConfig) -> torch.nn.Module:
     if cfg.task == "random_sets":
         return SetAutoencoder(cfg.sets.set_size, cfg.sets.dim, cfg.set_hidden, cfg.latent, cfg.iters,
                               inner_lr=cfg.inner_lr, inner_reg=cfg.inner_reg, inner_momentum=cfg.inner_momentum, pool=cfg.pool,
-                              share_encoder=cfg.share_encoder, **common)
+                              share_encoder=cfg.share_encoder, inner_objective=cfg.inner_objective, **common)
     encoder = dict(encoder_layers=cfg.encoder_layers, encoder_kernel=cfg.encoder_kernel,
                    encoder_downsample=cfg.encoder_downsample)
     if cfg.decoder == "dspn":
         return DSPNPropertyPredictor(layout(cfg), cfg.data.image_size, cfg.num_slots, cfg.channels, cfg.latent,
                                      cfg.set_hidden, cfg.iters, inner_lr=cfg.inner_lr, inner_reg=cfg.inner_reg,
                                      inner_momentum=cfg.inner_momentum, pool=cfg.pool, **encoder,
-                                     **common)
+                                     inner_objective=cfg.inner_objective, **common)
     return SlotPropertyPredictor(layout(cfg), cfg.num_slots, cfg.slot_dim, cfg.channels, cfg.mlp_hidden, cfg.iters,
                                  init=cfg.init, **encoder, **common)
 
@@ -270,13 +273,16 @@ def metrics(model: torch.nn.Module, batch: Batch, cfg: SetPredictionConfig) -> d
 
 
 def summarize(outputs: list[Mapping[str, torch.Tensor]], cfg: SetPredictionConfig) -> dict[str, float]:
-    """Random sets: the loss over the mean-set baseline's. Properties: AP at every threshold."""
+    """Random sets: the loss over the mean-set baseline's. Properties: AP at every threshold, and
+    ``ap_tied_predictions``, how many predictions share their confidence with another (their order is the
+    reference's; docs/metrics.md)."""
     cat = lambda key: torch.cat([o[key] for o in outputs])  # noqa: E731
     if cfg.task == "random_sets":
         return {"baseline_ratio": float(cat("set_loss").sum() / cat("baseline_loss").sum())}
     aps = average_precision(cat("_confidence"), cat("_classes"), cat("_xy"), cat("_true_classes"), cat("_true_xy"),
                             cat("_present"), THRESHOLDS)
-    return {threshold_name(t): v for t, v in aps.items()}
+    tied = tied_predictions(cat("_confidence"))
+    return {threshold_name(t): v for t, v in aps.items()} | {"ap_tied_predictions": tied}
 
 
 def visualize(model: torch.nn.Module, batch: Batch, cfg: SetPredictionConfig, path: Path) -> None:

@@ -73,7 +73,8 @@ class DSPNPropertyPredictor(_FixedPointIters):
     def __init__(self, layout: Layout, image_size: int, num_slots: int, channels: int, latent: int, hidden: int,
                  iters: int, *, test_iters: int | None = None, encoder_layers: int = 4, encoder_kernel: int = 5,
                  encoder_downsample: int = 0, inner_lr: float = 1.0, inner_reg: float = 0.1, inner_momentum: float = 0.0,
-                 pool: str = "fspool", solver: str = "iteration", backward: str = "neumann", tol: float | None = None):
+                 pool: str = "fspool", solver: str = "iteration", backward: str = "neumann", tol: float | None = None,
+                 inner_objective: str = "per_sample"):
         super().__init__()
         self.iters, self.test_iters = iters, test_iters
         self.encoder = CNNEncoder(channels, encoder_layers, encoder_kernel, encoder_downsample)
@@ -81,7 +82,8 @@ class DSPNPropertyPredictor(_FixedPointIters):
         self.to_code = nn.Sequential(nn.Linear(side * side * channels, latent), nn.ReLU(), nn.Linear(latent, latent))
         set_encoder = SetEncoder(layout.width, num_slots, hidden, latent, pool=pool)
         self.dspn = DSPN(set_encoder, num_slots, layout.width, iters=iters, lr=inner_lr, reg=inner_reg,
-                         momentum=inner_momentum, solver=solver, backward=backward, tol=tol)
+                         momentum=inner_momentum, solver=solver, backward=backward, tol=tol,
+                         inner_objective=inner_objective)
 
     def forward(self, image: torch.Tensor) -> dict[str, Any]:
         self._use_iters(self.dspn.fixed_point)
@@ -98,13 +100,14 @@ class SetAutoencoder(_FixedPointIters):
     def __init__(self, set_size: int, dim: int, hidden: int, latent: int, iters: int, *, test_iters: int | None = None,
                  inner_lr: float = 1.0, inner_reg: float = 0.1, inner_momentum: float = 0.0, pool: str = "fspool",
                  solver: str = "iteration", backward: str = "neumann", tol: float | None = None,
-                 share_encoder: bool = False):
+                 share_encoder: bool = False, inner_objective: str = "per_sample"):
         super().__init__()
         self.iters, self.test_iters = iters, test_iters
         self.encoder = SetEncoder(dim, set_size, hidden, latent, pool=pool)
         inner = self.encoder if share_encoder else SetEncoder(dim, set_size, hidden, latent, pool=pool)
         self.dspn = DSPN(inner, set_size, dim, iters=iters,
-                         lr=inner_lr, reg=inner_reg, momentum=inner_momentum, solver=solver, backward=backward, tol=tol)
+                         lr=inner_lr, reg=inner_reg, momentum=inner_momentum, solver=solver, backward=backward, tol=tol,
+                         inner_objective=inner_objective)
 
     def forward(self, x: torch.Tensor) -> dict[str, Any]:
         self._use_iters(self.dspn.fixed_point)

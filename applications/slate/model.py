@@ -24,6 +24,10 @@ class Slate(nn.Module):
 
     The Gumbel temperature follows ``cosine_anneal`` of the training-step counter ``step`` (a buffer, so it
     is checkpointed), which :func:`slate_loss` advances in training mode.
+
+    ``masks="final"`` recomputes the attention from the returned slots; ``"last_iteration"`` is SLATE's
+    (``slate.py`` returns the attention of the last slot-attention iteration, computed from the slots
+    *before* the last update): the slots after ``iters - 1`` plain updates from the same start.
     """
 
     def __init__(self, image_size: int, vocab_size: int = 64, patch: int = 4, dvae_hidden: int = 64,
@@ -32,17 +36,20 @@ class Slate(nn.Module):
                  solver: str = "iteration", backward: str = "neumann", tol: float | None = None,
                  init: str = "gaussian", tau: tuple[float, float, int] = (1.0, 0.1, 30_000),
                  context_dropout: float = 0.0, decoder: str = "gpt", slot_positions: str = "learned",
-                 token_convs: int = 0):
+                 token_convs: int = 0, masks: str = "final", dvae_blocks: str = "conv", gpt_activation: str = "gelu",
+                 gaussian_init: str = "normal"):
         super().__init__()
-        self.grid = image_size // patch
+        if masks not in ("final", "last_iteration"):
+            raise ValueError(f"unknown masks {masks!r}; use 'final' or 'last_iteration'")
+        self.grid, self.iters, self.mask_source = image_size // patch, iters, masks
         self.tau_schedule = tau
-        self.dvae = DiscreteVAE(vocab_size, patch, dvae_hidden)
+        self.dvae = DiscreteVAE(vocab_size, patch, dvae_hidden, blocks=dvae_blocks)
         if decoder not in ("gpt", "mixture"):
             raise ValueError(f"unknown decoder {decoder!r}; use 'gpt' or 'mixture'")
         # the mixture decoder uses only the image-GPT's token embedding (to feed slot attention); the GPT's
         # head and ``slot_proj`` then get no gradient (kept so that both decoders share one state-dict layout)
         self.gpt = ImageGPT(vocab_size, self.grid**2, d_model, num_heads, num_blocks if decoder == "gpt" else 0,
-                            dropout, context_dropout)
+                            dropout, context_dropout, gpt_activation)
         self.mixture = (SlotMixtureTokenDecoder(slot_dim, self.grid**2, vocab_size, 2 * d_model)
                         if decoder == "mixture" else None)
         # SLATE's slot attention encoder: LayerNorm + MLP on the token embeddings, then slot attention
@@ -60,7 +67,8 @@ class Slate(nn.Module):
         self.slot_input = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, d_model), nn.ReLU(),
                                         nn.Linear(d_model, d_model))
         self.slot_attention = SlotAttention(num_slots, d_model, slot_dim, mlp_hidden, iters,
-                                            solver=solver, backward=backward, tol=tol, init=init)
+                                            solver=solver, backward=backward, tol=tol, init=init,
+                                            gaussian_init=gaussian_init)
         self.slot_proj = nn.Linear(slot_dim, d_model, bias=False)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
@@ -76,14 +84,28 @@ class Slate(nn.Module):
         needs_embedding = self.mixture is None or self.slot_positions is None
         embedded = self.gpt.embed(tokens) if needs_embedding else None
         inputs = self.slot_features(tokens, embedded)
-        slots, attn, info = self.slot_attention(inputs)
+        sa = self.slot_attention
+        # the Gaussian start's draw, kept so that masks="last_iteration" can rebuild the same start (the same
+        # draw slot attention would make itself, so the random stream is unchanged)
+        noise = (torch.randn(tokens.shape[0], sa.num_slots, sa.slot_dim, device=sa.mu.device, dtype=sa.mu.dtype)
+                 if sa.init == "gaussian" else None)
+        slots, attn, info = sa(inputs, noise=noise)
         out = {"dvae": dvae, "tokens": tokens, "slots": slots, "attn": attn, "info": info,
-               "masks": self.slot_attention.masks(inputs, slots.detach())}
+               "masks": self.masks(inputs, slots, noise)}
         if self.mixture is not None:
             out["logits"], out["decoder_masks"] = self.mixture(slots)
         else:
             out["logits"] = self.gpt(tokens, self.slot_proj(slots), embedded=embedded)
         return out
+
+    def masks(self, inputs: torch.Tensor, slots: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """``[B,K,T]``: each token's share per slot, from the final ``slots`` or (``masks="last_iteration"``)
+        from the slots one update earlier, rebuilt from the start that ``noise`` drew. No gradient."""
+        with torch.no_grad():
+            if self.mask_source == "last_iteration":
+                start = self.slot_attention.initial_slots(inputs.shape[0], noise)
+                slots = self.slot_attention.iterate(inputs, start, self.iters - 1)
+            return self.slot_attention.masks(inputs, slots.detach())
 
     def slot_features(self, tokens: torch.Tensor, embedded: torch.Tensor | None = None) -> torch.Tensor:
         """``[B,T,D]``: what slot attention reads for ``tokens [B,T]``: their embeddings (``embedded``:

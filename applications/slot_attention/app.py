@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 
 from deqkit.data import SceneConfig, SceneDataset
-from deqkit.metrics import ari, fg_ari, matched_miou, reconstruction_mse
+from deqkit.metrics import ari, fg_ari, fg_ari_undefined, matched_miou, reconstruction_mse
 from deqkit.nn import upsampling_steps
 from deqkit.plots import save_slot_grid
 from deqkit.train import Application, ConfigError, TrainConfig
@@ -47,6 +47,10 @@ class SlotAttentionConfig:
     decoder_full_res_convs: int = 1  # conv decoder: 3x3 convolutions after the upsampling
     decoder_grid: int = 8  # side of the spatial broadcast before the stride-2 transposed convolutions
     init: Literal["gaussian", "learned"] = "gaussian"  # slots start from a learned Gaussian or learned queries
+    # the reference code's values (Keras): layer_norm_eps=1e-3, gaussian_init=keras_glorot (docs/nn.md)
+    layer_norm_eps: float = 1e-5  # slot attention's three LayerNorms (torch's default)
+    # init=gaussian: how mu and log_sigma start (normal: mu ~ N(0, 1); keras_glorot: the reference's)
+    gaussian_init: Literal["normal", "keras_glorot", "torch_xavier"] = "normal"
     solver: Literal["iteration", "anderson", "broyden"] = "iteration"
     backward: Literal["unrolled", "neumann", "ift", "phantom"] = "neumann"
     tol: float | None = None  # None: exactly `iters` updates
@@ -61,6 +65,8 @@ class SlotAttentionConfig:
             raise ConfigError(f"encoder_downsample must be in [0, encoder_layers={self.encoder_layers}], "
                               f"got {self.encoder_downsample}")
         upsampling_steps(self.data.image_size, self.decoder_grid)
+        if not self.layer_norm_eps > 0:
+            raise ConfigError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps}")
         if self.decoder_positions == "relative" and self.decoder != "mlp":
             raise ConfigError("decoder_positions=relative needs decoder=mlp")
 
@@ -112,7 +118,8 @@ def build_model(cfg: SlotAttentionConfig) -> SlotAutoencoder:
         encoder_layers=cfg.encoder_layers, encoder_kernel=cfg.encoder_kernel,
         encoder_downsample=cfg.encoder_downsample, decoder_channels=cfg.decoder_channels,
         decoder_grid=cfg.decoder_grid, decoder_full_res_convs=cfg.decoder_full_res_convs, decoder=cfg.decoder,
-        decoder_positions=cfg.decoder_positions, solver=cfg.solver, backward=cfg.backward, tol=cfg.tol, init=cfg.init)
+        decoder_positions=cfg.decoder_positions, solver=cfg.solver, backward=cfg.backward, tol=cfg.tol, init=cfg.init,
+        layer_norm_eps=cfg.layer_norm_eps, gaussian_init=cfg.gaussian_init)
 
 
 def build_dataset(cfg: SlotAttentionConfig, split: str) -> SceneDataset:
@@ -125,10 +132,12 @@ def loss(model: SlotAutoencoder, batch: Batch, cfg: SlotAttentionConfig) -> tupl
 
 
 def metrics(model: SlotAutoencoder, batch: Batch, cfg: SlotAttentionConfig) -> dict[str, torch.Tensor]:
-    """Per image: FG-ARI and ARI of the decoder's masks, matched mIoU, reconstruction MSE."""
+    """Per image: FG-ARI and ARI of the decoder's masks, matched mIoU, reconstruction MSE; averaged,
+    ``fg_ari_undefined`` is the fraction of images on which DeepMind's reference FG-ARI is NaN (1.0 here)."""
     out = model(batch["image"])
     masks, true = out["masks"].float(), batch["mask"]
-    return {"fg_ari": fg_ari(true, masks), "ari": ari(true, masks), "miou": matched_miou(true, masks),
+    return {"fg_ari": fg_ari(true, masks), "fg_ari_undefined": fg_ari_undefined(true, masks).float(),
+            "ari": ari(true, masks), "miou": matched_miou(true, masks),
             "mse": reconstruction_mse(batch["image"], out["recon"].float())}
 
 

@@ -31,11 +31,12 @@ class SlotAutoencoder(nn.Module):
                  decoder_full_res_convs: int = 1, decoder: Literal["conv", "mlp"] = "conv",
                  decoder_positions: Literal["absolute", "relative"] = "absolute",
                  solver: str = "iteration", backward: str = "neumann", tol: float | None = None,
-                 init: SlotInit = "gaussian"):
+                 init: SlotInit = "gaussian", layer_norm_eps: float = 1e-5, gaussian_init: str = "normal"):
         super().__init__()
         self.encoder = CNNEncoder(channels, encoder_layers, encoder_kernel, encoder_downsample)
         self.slot_attention = SlotAttention(num_slots, channels, slot_dim, mlp_hidden, iters,
-                                            solver=solver, backward=backward, tol=tol, init=init)
+                                            solver=solver, backward=backward, tol=tol, init=init,
+                                            layer_norm_eps=layer_norm_eps, gaussian_init=gaussian_init)
         width = decoder_channels or channels
         if decoder_positions not in ("absolute", "relative") or (decoder_positions == "relative" and decoder != "mlp"):
             raise ConfigError(f"SlotAutoencoder: decoder_positions={decoder_positions!r} is invalid; use 'absolute', "

@@ -62,8 +62,27 @@ def ari(
 
 
 def fg_ari(true_masks: torch.Tensor, pred_masks: torch.Tensor) -> torch.Tensor:
-    """Foreground ARI: :func:`ari` over pixels whose true id is not 0 (background). ``Tensor[B]``."""
+    """Foreground ARI: :func:`ari` over pixels whose true id is not 0 (background). ``Tensor[B]``.
+
+    Where DeepMind's reference (``multi_object_datasets/segmentation_metrics.py``) divides 0 by 0 and
+    returns NaN, this returns 1.0 (sklearn's convention); :func:`fg_ari_undefined` flags those images."""
     return ari(true_masks, pred_masks, ignore_background=True)
+
+
+def fg_ari_undefined(true_masks: torch.Tensor, pred_masks: torch.Tensor) -> torch.Tensor:
+    """``BoolTensor[B]``: images whose FG-ARI DeepMind's reference leaves undefined (0/0, NaN) and
+    :func:`fg_ari` scores 1.0: fewer than 2 foreground pixels (an empty foreground, one pixel), or the
+    foreground one true object *and* one predicted segment, or every foreground pixel its own segment in
+    both partitions. Elsewhere both give the same number, so the mean over defined images is
+    ``(mean - f) / (1 - f)`` with ``f`` the mean of this flag."""
+    true_ids, pred_ids, _ = _dense_ids(true_masks, pred_masks)
+    table = _contingency(true_ids, pred_ids, true_masks.reshape(true_ids.shape) != 0)
+    n = table.sum(dim=(1, 2))
+    true_groups = (table.sum(dim=2) > 0).sum(dim=1)
+    pred_groups = (table.sum(dim=1) > 0).sum(dim=1)
+    both_one = (true_groups == 1) & (pred_groups == 1)
+    both_singletons = (true_groups == n) & (pred_groups == n)
+    return (n < 2) | both_one | both_singletons
 
 
 def matched_miou(

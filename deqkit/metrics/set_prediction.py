@@ -9,8 +9,13 @@ or its nearest match already claimed) it is a false positive. AP is the area und
 of the precision-recall curve (VOC style), recall being over all real objects of the dataset. This is a
 dataset-level metric: it ranks the predictions of all images together, so it is not a mean over images.
 
-Ties in confidence are ranked by position (image, then slot): a stable sort, where the reference code's
-unstable ``argsort`` leaves them in an unspecified order.
+Ties in confidence are ranked as google-research's ``average_precision_clevr`` ranks them: it reverses an
+ascending ``np.argsort``, so among equal confidences the *last* prediction (by image, then slot) comes
+first. deqkit reverses a stable ascending sort, which is exactly the reference's order wherever numpy's
+default sort keeps ties in place (e.g. a handful of predictions); on long arrays numpy's default sort is
+not stable and the reference's tie order depends on the numpy build. Ties are not rare: ``sigmoid`` of a
+presence logit above ~17 is exactly 1.0 in float32. :func:`tied_predictions` counts them, so a run can
+say whether the order of ties could have moved its AP.
 """
 
 from __future__ import annotations
@@ -73,7 +78,7 @@ def average_precision(
     best, best_dist = _nearest_matches(pred_classes.cpu().numpy(), pred_coords.detach().double().cpu().numpy(),
                                        true_classes.cpu().numpy(), true_coords.detach().double().cpu().numpy(),
                                        present.cpu().numpy().astype(bool))
-    order = np.argsort(-conf.reshape(-1), kind="stable")
+    order = np.argsort(conf.reshape(-1), kind="stable")[::-1]  # the reference's order of ties (module doc)
     image = order // k
     best, best_dist = best.reshape(-1)[order], best_dist.reshape(-1)[order]
     real = int(present.sum())
@@ -94,6 +99,14 @@ def average_precision(
         cum_fp = np.cumsum(1.0 - tp)
         result[float(threshold)] = precision_envelope_ap(cum_tp / (cum_tp + cum_fp), cum_tp / real)
     return result
+
+
+def tied_predictions(confidence: torch.Tensor) -> int:
+    """How many predictions share their confidence with at least one other prediction of the dataset
+    (``confidence [B, K]``, all images ranked together as in :func:`average_precision`)."""
+    _, inverse, counts = np.unique(confidence.detach().double().cpu().numpy().reshape(-1), return_inverse=True,
+                                   return_counts=True)
+    return int((counts[inverse] > 1).sum())
 
 
 def threshold_name(threshold: float) -> str:

@@ -8,6 +8,8 @@ width, M memory vectors (slots), V vocabulary.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,16 +43,23 @@ class Attention(nn.Module):
         return self.out(y.transpose(1, 2).flatten(2))
 
 
-class DecoderBlock(nn.Module):
-    """Pre-norm block: causal self-attention, cross-attention to the memory, MLP; each residual."""
+Activation = Literal["gelu", "relu"]
+ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}
 
-    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0):
+
+class DecoderBlock(nn.Module):
+    """Pre-norm block: causal self-attention, cross-attention to the memory, MLP; each residual.
+    ``activation`` is the MLP's nonlinearity (``"gelu"``; SLATE's code uses ``"relu"``)."""
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0, activation: Activation = "gelu"):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; use one of {', '.join(ACTIVATIONS)}")
         self.norm_self, self.norm_cross, self.norm_mlp = (nn.LayerNorm(d_model) for _ in range(3))
         self.self_attn = Attention(d_model, num_heads, dropout)
         self.cross_attn = Attention(d_model, num_heads, dropout)
-        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model),
-                                 nn.Dropout(dropout))
+        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), ACTIVATIONS[activation](),
+                                 nn.Linear(4 * d_model, d_model), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, cache: dict[str, torch.Tensor] | None = None
                 ) -> torch.Tensor:
@@ -78,9 +87,10 @@ class DecoderBlock(nn.Module):
 class TransformerDecoder(nn.Module):
     """``num_blocks`` decoder blocks and a final LayerNorm: ``(x [B,T,D], memory [B,M,D]) -> [B,T,D]``."""
 
-    def __init__(self, d_model: int, num_heads: int, num_blocks: int, dropout: float = 0.0):
+    def __init__(self, d_model: int, num_heads: int, num_blocks: int, dropout: float = 0.0,
+                 activation: Activation = "gelu"):
         super().__init__()
-        self.blocks = nn.ModuleList(DecoderBlock(d_model, num_heads, dropout) for _ in range(num_blocks))
+        self.blocks = nn.ModuleList(DecoderBlock(d_model, num_heads, dropout, activation) for _ in range(num_blocks))
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
@@ -106,7 +116,7 @@ class ImageGPT(nn.Module):
     """
 
     def __init__(self, vocab_size: int, num_tokens: int, d_model: int, num_heads: int, num_blocks: int,
-                 dropout: float = 0.0, context_dropout: float = 0.0):
+                 dropout: float = 0.0, context_dropout: float = 0.0, activation: Activation = "gelu"):
         super().__init__()
         if not 0.0 <= context_dropout <= 1.0:
             raise ValueError(f"context_dropout must be in [0, 1], got {context_dropout}")
@@ -118,7 +128,7 @@ class ImageGPT(nn.Module):
         # attention, which reads these embeddings, can group by position from the start
         self.positions = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, 1 + num_tokens, d_model)))
         self.drop = nn.Dropout(dropout)
-        self.decoder = TransformerDecoder(d_model, num_heads, num_blocks, dropout)
+        self.decoder = TransformerDecoder(d_model, num_heads, num_blocks, dropout, activation)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
