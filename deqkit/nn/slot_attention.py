@@ -156,7 +156,8 @@ class SlotAttention(nn.Module):
         k, v = self.to_k(inputs), self.to_v(inputs)
         from_queries = slots is None and self.init == "learned"
         slots0 = self.initial_slots(inputs.shape[0], noise) if slots is None else slots
+        # learned queries get the output slots' gradient unchanged under an implicit backward (the core's
+        # z0_grad option); a start the caller passes gets what the estimator gives it
+        self.fixed_point.z0_grad = "straight_through" if from_queries else "none"
         slots, info = self.fixed_point(slots0, k, v)
-        if from_queries and not self.fixed_point.backward.unrolled:
-            slots = slots + (slots0 - slots0.detach())  # zero in value; identity gradient to the queries
         return slots, self.step.attention(slots, k), info
