@@ -42,6 +42,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = 1  # torch intra-op threads (1 measured fastest on 2 cores, docs/cli.md); None: torch default
     num_workers: int = 0  # DataLoader worker processes
+    dist_timeout: float = 300.0  # seconds a torchrun rank waits for the others before failing (docs/cli.md)
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "log_every", "max_bad_steps")
@@ -54,6 +55,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if not 0 < self.dist_timeout < float("inf"):
+            raise ConfigError(f"train.dist_timeout must be a positive number of seconds, got {self.dist_timeout}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"train.grad_clip must be positive or none, got {self.grad_clip}")
         if self.num_threads is not None and self.num_threads <= 0:
