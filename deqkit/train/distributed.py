@@ -141,8 +141,7 @@ def agree(scalars: torch.Tensor, d: Dist) -> torch.Tensor:
         return scalars
     device = torch.device("cuda", d.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
     total = scalars.float().to(device)
-    with collectives(d, "agreeing on the step"):
-        dist.all_reduce(total)
+    dist.all_reduce(total)
     return total.cpu()
 
 
