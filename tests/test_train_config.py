@@ -78,6 +78,13 @@ def test_validation_and_syntax_errors():
         resolve_config(Cfg, sets=["inner=3"])
 
 
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf"])
+def test_dist_timeout_must_be_a_positive_finite_number_of_seconds(value):
+    with pytest.raises(ConfigError, match="dist_timeout.*(positive number of seconds|finite number)"):
+        resolve_config(Cfg, sets=[f"train.dist_timeout={value}"])
+    assert resolve_config(Cfg, sets=["train.dist_timeout=12.5"]).train.dist_timeout == 12.5
+
+
 def test_round_trip_through_json_values():
     import json
 

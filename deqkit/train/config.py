@@ -86,6 +86,8 @@ class TrainConfig:
     num_threads: int | None = _option(1, "torch intra-op threads (1 measured fastest on 2 cores, see "
                                          "`deqkit bench`); none: torch's default")
     num_workers: int = _option(0, "DataLoader worker processes")
+    dist_timeout: float = _option(300.0, "seconds a torchrun rank waits for the others in a collective before "
+                                         "failing with one line (docs/cli.md)")
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "log_every", "max_bad_steps")
@@ -107,6 +109,8 @@ class TrainConfig:
             raise ConfigError(f"train.weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:
             raise ConfigError(f"train.grad_clip must be a finite positive number or none, got {self.grad_clip}")
+        if not 0 < self.dist_timeout < math.inf:
+            raise ConfigError(f"train.dist_timeout must be a positive number of seconds, got {self.dist_timeout}")
         if self.num_threads is not None and self.num_threads <= 0:
             raise ConfigError(f"train.num_threads must be positive or none, got {self.num_threads}")
 

@@ -3,9 +3,8 @@
 Reliability is the point: checkpoints are atomic and hold everything needed to continue bit-exactly on
 CPU (weights, optimiser, scheduler, RNG states, data position); non-finite steps are skipped and counted;
 a step that makes the weights themselves non-finite stops the run, and no checkpoint is ever written
-from non-finite weights;
-SIGINT/SIGTERM save a checkpoint before exiting; under ``torchrun`` the ranks agree on every decision
-through one all-reduce per step and only rank 0 writes.
+from non-finite weights; SIGINT/SIGTERM save a checkpoint before exiting; under ``torchrun`` DDP averages the
+gradients, the ranks agree on every decision through one small all-reduce per step, and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -33,8 +32,8 @@ from deqkit.train.build import check_memory, meta_state, mismatch
 from deqkit.train.checkpoint import Checkpoint, capture_rng, deqkit_version, restore_rng, save_checkpoint
 from deqkit.train.config import TrainConfig, to_dict
 from deqkit.train.data import EpochBatches, TrainStream, to_device
-from deqkit.train.distributed import (Dist, broadcast_module, init_distributed, params_in_sync, shutdown,
-                                      sync_gradients)
+from deqkit.train.distributed import (Dist, agree, collectives, data_parallel, init_distributed, params_in_sync,
+                                      shutdown)
 from deqkit.train.errors import ApplicationError, CheckpointError, DeqkitError, TrainingError, UsageError
 from deqkit.train.evaluate import autocast, evaluate
 from deqkit.train.run_dir import RunDir, read_config
@@ -159,7 +158,7 @@ class Trainer:
         self.resume = resume
         self.use_cuda = self.train_cfg.device == "cuda" or (self.train_cfg.device == "auto"
                                                             and torch.cuda.is_available())
-        self.dist = init_distributed(self.use_cuda)
+        self.dist = init_distributed(self.use_cuda, self.train_cfg.dist_timeout)
         self.device = pick_device(self.train_cfg.device, self.dist)
         self.run = RunDir(out) if (out is not None and self.dist.is_main) else None
         if self.run is not None:
@@ -178,7 +177,7 @@ class Trainer:
                                   f"{problem}")
         check_memory(app, expected, self.device, copies=4)
         self.model = app.build_model(config).to(self.device)
-        broadcast_module(self.model, self.dist)
+        self._loss = data_parallel(app.loss, self.model, config, self.dist)  # self.model stays unwrapped
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
             raise UsageError(f"application '{app.name}' built a model without trainable parameters")
@@ -344,25 +343,36 @@ class Trainer:
                          eval_split=cfg.eval_split, solver=monitor.solver_stats(self.model))
 
     def _step(self, stop_requested: bool) -> tuple[float, dict[str, float], bool, bool]:
-        """One optimiser step; returns (loss, app logs, skipped?, stop requested on any rank?)."""
+        """One optimiser step; returns (loss, app logs, skipped?, stop requested on any rank?).
+
+        Under ``torchrun`` the ranks first sum (loss, non-finite?, stop?) in one small all-reduce, so a
+        non-finite loss on any rank makes every rank skip the backward pass; DDP then averages the gradients
+        during the backward pass, so the gradient-norm check gives the same answer on every rank.
+        """
         cfg = self.train_cfg
         self.model.train()
         batch = to_device(next(self.stream), self.device)
-        with autocast(self.device, cfg.amp), record_solves() as solves:
-            loss, logs = self.app.loss(self.model, batch, self.config)
-        self._direct_solves = solves  # direct deqkit.fixed_point calls: logged beside FixedPoint layers
-        finite = bool(torch.isfinite(loss.detach()).all())
-        if finite:
-            try:
-                loss.backward()
-            except torch.linalg.LinAlgError:  # a linear solve in the backward pass met NaN/Inf
-                finite = False
-                self.optimizer.zero_grad(set_to_none=True)
-        scalars = torch.tensor([loss.detach().float().item() if finite else 0.0,
-                                0.0 if finite else 1.0, float(stop_requested)])
-        scalars = sync_gradients(self.params, scalars, self.dist)
+        with collectives(self.dist, f"training step {self.step + 1}"):
+            with autocast(self.device, cfg.amp), record_solves() as solves:
+                loss, logs = self._loss(batch)
+            self._direct_solves = solves  # direct deqkit.fixed_point calls: logged beside FixedPoint layers
+            finite = bool(torch.isfinite(loss.detach()).all())
+            scalars = agree(torch.tensor([loss.detach().float().item() if finite else 0.0,
+                                          0.0 if finite else 1.0, float(stop_requested)]), self.dist)
+            bad = scalars[1].item() > 0
+            if not bad:
+                try:
+                    loss.backward()
+                except torch.linalg.LinAlgError as err:  # a linear solve in the backward pass met NaN/Inf
+                    if self.dist.enabled:  # the other ranks wait for this rank's gradients: no consistent skip
+                        raise TrainingError(
+                            f"rank {self.dist.rank}: step {self.step + 1}: a linear solve in the backward pass "
+                            f"failed on this rank only ({' '.join(str(err).split())[:200]}); under torchrun "
+                            f"this step cannot be skipped on every rank; the last good checkpoint is kept"
+                        ) from None
+                    finite, bad = False, True
+                    self.optimizer.zero_grad(set_to_none=True)
         loss_value = scalars[0].item() / self.dist.world
-        bad = scalars[1].item() > 0
         grad_norm = math.nan
         if not bad:
             grads = [p.grad for p in self.params if p.grad is not None]
@@ -385,10 +395,6 @@ class Trainer:
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before",
                                     category=UserWarning)
             self.scheduler.step()
-        if self.dist.enabled:  # keep floating buffers (e.g. running statistics) identical
-            for buffer in self.model.buffers():
-                if buffer.is_floating_point():
-                    torch.distributed.broadcast(buffer.data, src=0)
         self._grad_norm = grad_norm
         return loss_value, {k: float(v) for k, v in logs.items()}, bad, scalars[2].item() > 0
 
