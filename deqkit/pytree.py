@@ -119,13 +119,37 @@ def flat_map(f: Callable[[State], State], spec: StateSpec) -> Callable[[torch.Te
 
         return f_matrix
 
+    template = pytree.tree_unflatten([None] * len(spec.shapes), spec.treedef)
+    reorder = False  # set when f returns dicts with the state's keys in another order
+
     def f_flat(z: torch.Tensor) -> torch.Tensor:
+        nonlocal reorder
         out = f(spec.unflatten(z))
-        if not checked:
+        if reorder:
+            out = in_order_of(out, template)
+        elif not checked:
+            matched = in_order_of(out, template)
+            if matched is not out and pytree.tree_structure(matched) == spec.treedef:
+                reorder, out = True, matched
             check(out)
         return spec.flatten(out)
 
     return f_flat
+
+
+def in_order_of(out: State, ref: State) -> State:
+    """``out`` with every dict's keys in the order of the matching dict of ``ref`` (dict states match by key,
+    not by order); ``out`` itself when nothing needs reordering."""
+    if isinstance(ref, dict) and isinstance(out, dict) and out.keys() == ref.keys():
+        items = {key: in_order_of(out[key], ref[key]) for key in ref}
+        same = list(out) == list(ref) and all(items[key] is out[key] for key in ref)
+        return out if same else type(out)(items)
+    if isinstance(ref, (list, tuple)) and type(out) is type(ref) and len(out) == len(ref):
+        items = [in_order_of(o, r) for o, r in zip(out, ref)]
+        if all(i is o for i, o in zip(items, out)):
+            return out
+        return type(ref)(*items) if hasattr(ref, "_fields") else type(ref)(items)
+    return out
 
 
 tree_map = pytree.tree_map

@@ -226,3 +226,26 @@ def test_unknown_solver_and_estimator_options_are_the_same_config_error(build, m
     with pytest.raises(deqkit.ConfigError) as err:
         build()
     assert str(err.value).startswith(message.rstrip("\n")), str(err.value)
+
+
+def test_a_dict_state_matches_by_key_not_by_order():
+    """f may build its dict in another key order; the solve and its gradient are those of the same f
+    returning the keys in z0's order."""
+    gen = torch.Generator().manual_seed(7)
+    w = contractive_matrix(4, 0.6, generator=gen, dtype=torch.float32).requires_grad_()
+    x = torch.randn(3, 4, generator=gen)
+
+    def step(state, reverse):
+        a = torch.tanh(state["b"] @ w.T + x)
+        b = 0.5 * torch.tanh(state["a"]) + 0.1 * x
+        return {"b": b, "a": a} if reverse else {"a": a, "b": b}
+
+    z0 = {"a": torch.zeros(3, 4), "b": torch.zeros(3, 4)}
+    results = []
+    for reverse in (False, True):
+        z, info = deqkit.fixed_point(lambda s: step(s, reverse), z0, tol=1e-6, max_iter=100)
+        assert list(z) == ["a", "b"] and info.converged.all()
+        results.append((z, torch.autograd.grad(z["a"].sum() + z["b"].sum(), w)[0]))
+    (z_in_order, g_in_order), (z_reversed, g_reversed) = results
+    torch.testing.assert_close(z_reversed["a"], z_in_order["a"])
+    torch.testing.assert_close(g_reversed, g_in_order)
