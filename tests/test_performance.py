@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -198,3 +200,10 @@ def test_compaction_under_bf16_autocast_still_evaluates_subsets():
     # bf16 step outputs are cast back: no fall-back to whole batches (the last evaluation is the gradient
     # estimator's step from z*, which always sees the whole batch)
     assert max(rows[first_subset:-1]) < 12 and rows[-1] == 12
+
+
+def test_import_deqkit_does_not_import_torch_dynamo():
+    # torch._dynamo takes ~1.4 s to import: deqkit defers it until torch.compile itself has loaded it
+    code = "import sys, deqkit, deqkit.backward, deqkit.linear; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -6,8 +6,10 @@ counting function evaluations) as soon as it converges or diverges, and returns 
 
 from __future__ import annotations
 
+import functools
+import sys
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, TypeVar
 
 import torch
 
@@ -16,6 +18,31 @@ RowMap = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (z[rows], rows)
 StopMode = Literal["abs", "rel"]
 STOP_MODES = ("abs", "rel")
 _EPS = 1e-12
+_F = TypeVar("_F", bound=Callable)
+
+
+def eager_under_compile(fn: _F) -> _F:
+    """``torch.compiler.disable(fn)`` without importing ``torch._dynamo`` (1.4 s) before anything compiles.
+
+    While ``torch._dynamo`` is not imported nothing can be compiling, and ``fn`` is called directly. Once it
+    is, calls go through ``torch._dynamo.disable(fn)``; when dynamo traces a call of the wrapper, the
+    ``_torchdynamo_disable`` mark makes it stop the graph there and run ``fn`` eagerly, as for a function
+    decorated with ``torch.compiler.disable``.
+    """
+    disabled = None
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        nonlocal disabled
+        dynamo = sys.modules.get("torch._dynamo")
+        if dynamo is None:
+            return fn(*args, **kwargs)
+        if disabled is None:
+            disabled = dynamo.disable(fn)
+        return disabled(*args, **kwargs)
+
+    wrapper._torchdynamo_disable = True
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -205,7 +232,7 @@ class Solver:
             z = update(state, z, fz, None)
         return z, fixed_count_info(torch.cat(residuals), z)
 
-    @torch.compiler.disable  # a data-dependent loop: torch.compile runs it eagerly instead of recompiling
+    @eager_under_compile  # a data-dependent loop: torch.compile runs it eagerly instead of recompiling
     def _solve_to_tolerance(
         self, f: FlatMap, z0: torch.Tensor, update, tol: float, max_iter: int, stop_mode: StopMode,
         f_rows: RowMap | None,
