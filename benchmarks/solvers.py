@@ -51,7 +51,9 @@ def outcome(problem: TanhDEQ, z: torch.Tensor, tol: float, stop_mode: str) -> di
 
 def solve_deqkit(problem: TanhDEQ, solver, z0: torch.Tensor, tol: float, stop_mode: str, max_iter: int):
     with torch.no_grad():
-        return deqkit.fixed_point(problem, z0, solver=solver, tol=tol, max_iter=max_iter, stop_mode=stop_mode)
+        # backward="unrolled" under no_grad: the solve alone, as a call of torchdeq's solver
+        return deqkit.fixed_point(problem, z0, solver=solver, tol=tol, max_iter=max_iter, stop_mode=stop_mode,
+                                  backward="unrolled")
 
 
 def solve_torchdeq(problem: TanhDEQ, name: str, z0: torch.Tensor, tol: float, stop_mode: str, max_iter: int):

@@ -103,7 +103,8 @@ def measure(quick: bool) -> list[dict]:
         for k in (1, 4, 8):
             def to_tol(solver=make(check_every=k)):
                 with torch.no_grad():
-                    return deqkit.fixed_point(p, z0, solver=solver, tol=tol, max_iter=max_iter, stop_mode="rel")
+                    return deqkit.fixed_point(p, z0, solver=solver, tol=tol, max_iter=max_iter, stop_mode="rel",
+                                              backward="unrolled")
 
             with counting_syncs() as c:
                 z, info = to_tol()

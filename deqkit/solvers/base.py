@@ -118,7 +118,9 @@ class Progress:
     """Per-sample residuals, stopping, best iterate and NFE over one solve.
 
     ``observe(z, fz)`` is called once per evaluation of ``f``; ``next_state`` freezes samples that stopped at
-    their best iterate so they stop changing. Bookkeeping is kept to a few vector ops per iteration.
+    their best iterate so they stop changing. After ``shrink(keep)`` the state (``active``, ``best_z``, ...)
+    covers the samples ``rows`` only, so a compacted iteration costs what a solve of those samples costs;
+    the whole-batch record is put together when it is read (``info``, ``best``).
     """
 
     def __init__(self, z0: torch.Tensor, tol: float | None, stop_mode: StopMode, divergence_ratio: float):
@@ -130,20 +132,17 @@ class Progress:
         self.best_z = z0
         self.best_res = torch.full((batch,), float("inf"), dtype=z0.real.dtype, device=z0.device)
         self.limit: torch.Tensor | None = None
-        self.abs_res = self.best_res
-        self.residuals: list[torch.Tensor] = []
-        self.abs_residuals: list[torch.Tensor] = []
-        self.actives: list[torch.Tensor] = []
+        self.rows: torch.Tensor | None = None  # the samples the state covers (None: all)
+        self.whole: tuple[torch.Tensor, ...] = ()  # (best_z, best_res, limit) of the whole batch while shrunk
+        # per iteration: (rows, was running, residual, abs residual), over the samples ``rows``
+        self.records: list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def observe(self, z: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
-        """Record the residual of ``z`` (given ``fz = f(z)``); returns the abs residual ‖f(z) − z‖ [B]."""
+        """Record the residual of ``z`` (given ``fz = f(z)``); returns the abs residual ‖f(z) − z‖."""
         abs_res = torch.linalg.vector_norm(fz - z, dim=1)
         res = relative(abs_res, fz) if self.rel else abs_res
-        self.actives.append(self.active)
-        self.residuals.append(res)
-        self.abs_residuals.append(abs_res)
-        # False for NaN. Only running samples can improve: a stopped one is frozen at its best iterate and
-        # its f(z) may not even have been evaluated (see Solver.solve's f_rows).
+        self.records.append((self.rows, self.active, res, abs_res))
+        # False for NaN. Only running samples can improve: a stopped one is frozen at its best iterate.
         improved = (res < self.best_res) & self.active
         self.best_res = torch.where(improved, res, self.best_res)
         self.best_z = torch.where(improved[:, None], z, self.best_z)
@@ -155,32 +154,65 @@ class Progress:
         if self.tol is not None:
             keep_going = keep_going & (res > self.tol)
         self.active = self.active & keep_going
-        self.abs_res = abs_res
         return abs_res
 
     def next_state(self, z_next: torch.Tensor) -> torch.Tensor:
         """Samples still running move to ``z_next``; stopped ones stay at their best iterate."""
         return torch.where(self.active[:, None], z_next, self.best_z)
 
-    def ran(self) -> int:
-        """Iterations in which some sample was running (a host synchronisation). Samples stop for good, so
-        these are the first ones; a loop that checks for stopped samples every few iterations may have run more."""
-        return int(torch.stack(self.actives).any(1).sum())
+    def shrink(self, keep: torch.Tensor) -> None:
+        """Keep only the samples at positions ``keep`` (ascending) of the current ones in the state."""
+        best_z, best_res, limit = self._whole()
+        self.whole = (best_z if self.rows is not None else best_z.clone(), best_res, limit)  # written in place
+        self.rows = keep if self.rows is None else self.rows.index_select(0, keep)
+        self.active = self.active.index_select(0, keep)
+        self.best_z, self.best_res, self.limit = (t.index_select(0, self.rows) for t in self.whole)
+
+    def _whole(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(best_z, best_res, limit) of the whole batch, the current samples' rows written back."""
+        if self.rows is None:
+            return self.best_z, self.best_res, self.limit
+        best_z, best_res, limit = self.whole
+        best_z.index_copy_(0, self.rows, self.best_z)
+        return best_z, best_res.index_copy(0, self.rows, self.best_res), limit
+
+    def whole_state(self, z: torch.Tensor) -> torch.Tensor:
+        """The whole batch's state with the current samples at ``z`` and the others at their best iterate."""
+        return z if self.rows is None else self._whole()[0].index_copy(0, self.rows, z)
+
+    def best(self) -> torch.Tensor:
+        """The best iterate of every sample [B, D]."""
+        return self._whole()[0]
+
+    def ran(self, start: int = 0) -> int:
+        """Iterations in which some sample was running, given that some was in the first ``start`` (a host
+        synchronisation). Samples stop for good, so these are the first ones; a loop that checks for stopped
+        samples every few iterations may have run more."""
+        tail = [active.any() for _, active, _, _ in self.records[start:]]
+        return start + (int(torch.stack(tail).sum()) if tail else 0)
 
     def info(self, iterations: int | None = None) -> SolveInfo:
         """The record of the solve over its first ``iterations`` (default: all)."""
-        actives = torch.stack(self.actives[:iterations])  # [T, B]: was the sample running at iteration t
-        residuals = torch.stack(self.residuals[:iterations]).detach()
-        abs_residuals = torch.stack(self.abs_residuals[:iterations])
+        _, best_res, limit = self._whole()
+        batch = best_res.shape[0]
+
+        def spread(rows: torch.Tensor | None, values: torch.Tensor) -> torch.Tensor:
+            # Samples outside ``rows`` had stopped: their entries are masked by ``actives`` below.
+            return values if rows is None else values.new_zeros(batch).index_copy(0, rows, values)
+
+        records = self.records[:iterations]
+        actives = torch.stack([spread(r, a) for r, a, _, _ in records])  # [T, B]: was the sample running
+        residuals = torch.stack([spread(r, res) for r, _, res, _ in records]).detach()
+        abs_residuals = torch.stack([spread(r, res) for r, _, _, res in records])
         nfe = actives.sum(0)
         # A stopped sample's trace repeats its last observed residual.
         last = residuals.gather(0, (nfe - 1).clamp(min=0)[None]).squeeze(0)
         trace = torch.where(actives, residuals, last[None])
-        best_res = self.best_res.detach()
+        best_res = best_res.detach()
         finite = torch.isfinite(best_res)
         converged = (best_res <= self.tol) if self.tol is not None else torch.zeros_like(finite)
         # Only NaN/Inf or an exploding residual stop a sample that has not converged.
-        within = (abs_residuals <= self.limit[None]) | ~actives  # stopped samples: not looked at
+        within = (abs_residuals <= limit[None]) | ~actives  # stopped samples: not looked at
         diverged = ~converged & ~within.all(0)
         residual = torch.where(finite, best_res, last)
         return SolveInfo(nfe=nfe.long(), residual=residual, converged=converged, diverged=diverged, trace=trace)
@@ -296,54 +328,49 @@ class Solver:
         progress = Progress(z0, tol, stop_mode, self.divergence_ratio)
         if is_transformed(z0) or torch.is_grad_enabled():  # no gathering rows under vmap or an unrolled solve
             f_rows = None
-        # Once enough samples have stopped, the loop works on the running ones only (``rows``, ascending):
-        # f, the solver's update and its state see that subset; Progress keeps the whole batch.
-        rows: torch.Tensor | None = None
-        z_work = z0
+        # Once enough samples have stopped, the loop works on the running ones only (``progress.rows``,
+        # ascending): f, the solver's update and its state, and Progress's state see that subset.
+        transformed, running_until = None, 0
+        z = z0
         for iteration in range(max_iter):
-            if rows is None:
-                fz_work = f(z_work)
-                z, fz = z_work, fz_work
-            else:
-                z = progress.best_z.index_copy(0, rows, z_work)  # stopped samples sit at their best iterate
-                fz_work = None
-                if f_rows is not None:
-                    try:
-                        fz_work = f_rows(z_work, rows)
-                    except RuntimeError:  # f also closes over per-sample tensors: evaluate the whole batch
-                        f_rows = None
-                if fz_work is None:
-                    fz_work = f(z).index_select(0, rows)
-                fz = z.index_copy(0, rows, fz_work)  # stopped samples get f(z) = z: ignored, they are frozen
+            fz = None
+            if progress.rows is not None and f_rows is not None:
+                try:
+                    fz = f_rows(z, progress.rows)
+                except RuntimeError:  # f also closes over per-sample tensors: evaluate the whole batch
+                    f_rows = None
+            if fz is None:
+                fz = f(z) if progress.rows is None else f(progress.whole_state(z)).index_select(0, progress.rows)
             abs_res = progress.observe(z, fz)
             # Under torch.func transforms (vmap, grad) a tensor cannot steer Python control flow: run all
             # max_iter iterations there; stopped samples are frozen either way, so the result is the same.
-            if is_transformed(progress.active):
+            if transformed is None:
+                transformed = is_transformed(progress.active)
+            if transformed:
                 z = progress.next_state(update(state, z, fz, abs_res))
-                z_work = z
                 continue
             check = (iteration + 1) % self.check_every == 0
             if check:  # the loop's only host synchronisation (besides choosing rows when it compacts)
                 running = int(progress.active.sum())
                 if running == 0:
                     break
-            abs_work = abs_res if rows is None else abs_res.index_select(0, rows)
-            step = update(state, z_work, fz_work, abs_work)
-            z = progress.next_state(step if rows is None else z.index_copy(0, rows, step))
-            working = z0.shape[0] if rows is None else rows.numel()
+                running_until = iteration + 1  # some sample ran in each of these iterations
+            z = progress.next_state(update(state, z, fz, abs_res))
+            working = z.shape[0]
             if check and f_rows is not None and running <= COMPACT_BELOW * working and working > MIN_ROWS:
-                keep = keep_positions(progress.active if rows is None else progress.active.index_select(0, rows), running)
+                keep = keep_positions(progress.active, running)
                 try:
                     self._select(state, keep)
                 except NotImplementedError:
                     f_rows = None
                 else:
-                    rows = keep if rows is None else rows.index_select(0, keep)
-            z_work = z if rows is None else z.index_select(0, rows)
-        if is_transformed(progress.active):  # fields are computed now, inside the transform
-            return progress.best_z, progress.info()
-        iterations = progress.ran() if self.check_every > 1 else None  # one more synchronisation
-        return progress.best_z, SolveInfo.deferred(lambda: progress.info(iterations))
+                    progress.shrink(keep)
+                    z = z.index_select(0, keep)
+        best = progress.best()
+        if transformed:  # fields are computed now, inside the transform
+            return best, progress.info()
+        iterations = progress.ran(running_until) if self.check_every > 1 else None  # one more synchronisation
+        return best, SolveInfo.deferred(lambda: progress.info(iterations))
 
     def _select(self, state: object, keep: torch.Tensor) -> None:
         """Keep only the samples ``keep`` (positions, ascending) of the per-solve state (in place)."""
