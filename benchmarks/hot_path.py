@@ -1,10 +1,12 @@
 """deqkit's hot path against the same loop written by hand: fixed-count solves and a slot attention training step.
 
-``training_loop``: one training step of a tanh DEQ (64×256 and 8×32) with T = 30 updates and a gradient
+``loop_overhead`` (``solvers.loop_overhead``): ``tol=None`` under ``no_grad`` against the bare loop, the
+same n evaluations, with 61 interleaved repeats. ``training_loop``: one training step of a tanh DEQ (64×256 and 8×32) with T = 30 updates and a gradient
 through one more: ``fixed_point(..., solver=Iteration(), backward=Neumann(1), tol=None, max_iter=T)`` against
 T updates under ``no_grad`` and one update with gradient from the detached result, as in Chang et al.'s
 Figure 2 (both evaluate f T + 1 times), forward and backward.
 
+``compaction_floor``: a mixed batch solved whole, compacted, and as the running samples alone.
 ``slot_attention_step``: the slot attention cpu preset's autoencoder (64 px scenes, batch 32, 5 iterations,
 learned queries), one Adam step, with deqkit's ``SlotAttention`` (a ``FixedPoint``, ``Neumann(1)``) against
 the same module's step run in the Figure-2 loop written here (5 updates under ``no_grad``, one from the
@@ -130,12 +132,48 @@ def slot_attention_step(preset: str, repeats: int) -> dict:
             "max_loss_difference": max(abs(a - b) for a, b in zip(losses["deqkit"], losses["by_hand"]))}
 
 
+def compaction_floor(quick: bool, repeats: int) -> dict:
+    """Where a compacted solve's time goes: the mixed tanh batch of ``suite.compaction`` (every second sample
+    at its fixed point) with ``Iteration``, whole batch (closed over inputs) and compacted, against a solve of
+    the running samples alone (the floor compaction can reach)."""
+    from problems import build
+
+    import deqkit
+    from deqkit.solvers import Iteration
+
+    p = build(["tanh_gaussian_0.9"], quick)[0]
+    with torch.no_grad():
+        z_star, _ = deqkit.fixed_point(p.step, p.z0, inputs=p.inputs, solver="anderson", tol=1e-7, max_iter=300)
+    hard = torch.arange(p.z0.shape[0]) % 2 == 1
+    z0 = torch.where(hard[:, None], p.z0, z_star)
+    part = tuple(x[hard] if isinstance(x, torch.Tensor) else x for x in p.inputs)
+    options = {"solver": Iteration(), "tol": 1e-5, "max_iter": 200, "backward": "unrolled"}
+
+    def solve(step, z, inputs=None):
+        def run():
+            with torch.no_grad():
+                return deqkit.fixed_point(step, z, inputs=inputs, **options)
+        return run
+
+    fns = {"whole_batch": solve(p.f, z0), "compacted": solve(p.step, z0, p.inputs),
+           "running_samples_alone": solve(p.step, z0[hard], part)}
+    best = {k: min(v) for k, v in interleaved(fns, repeats).items()}
+    return {"problem": p.name, "batch": int(z0.shape[0]), "running": int(hard.sum()), "seconds": best,
+            "ratio_compacted": best["compacted"] / best["whole_batch"],
+            "ratio_floor": best["running_samples_alone"] / best["whole_batch"]}
+
+
 def run(quick: bool) -> dict:
+    from solvers import loop_overhead
+
     torch.set_num_threads(1)
     sizes = ((64, 256), (8, 32))
     return {"config": {"quick": quick, "sizes": sizes},
-            "training_loop": training_loop(sizes, 10 if quick else 30, 3 if quick else 15),
-            "slot_attention": slot_attention_step("smoke" if quick else "cpu", 2 if quick else 15)}
+            # no_grad, tol=None, n steps against the bare loop (and torchdeq's loops); many cheap repeats, best-of
+            "loop_overhead": loop_overhead(64, 256, 10 if quick else 30, 3 if quick else 61),
+            "training_loop": training_loop(sizes, 10 if quick else 30, 3 if quick else 31),
+            "slot_attention": slot_attention_step("smoke" if quick else "cpu", 2 if quick else 15),
+            "compaction_floor": compaction_floor(quick, 3 if quick else 31)}
 
 
 def report(results: dict) -> None:
@@ -151,6 +189,12 @@ def report(results: dict) -> None:
                     results["slot_attention"]["seconds"]["deqkit"], results["slot_attention"]["ratio"],
                     results["slot_attention"]["median_ratio"],
                     f"loss Δ {results['slot_attention']['max_loss_difference']:.1e}"]])
+    c = results["compaction_floor"]
+    print_table(f"compaction of a mixed batch ({c['problem']}, {c['running']} of {c['batch']} samples running): best of "
+                "interleaved repeats",
+                ["whole batch s", "compacted s", "running samples alone s", "compacted / whole", "alone / whole (floor)"],
+                [[c["seconds"]["whole_batch"], c["seconds"]["compacted"], c["seconds"]["running_samples_alone"],
+                  c["ratio_compacted"], c["ratio_floor"]]])
 
 
 def main() -> None:
