@@ -6,8 +6,8 @@ hand-written Figure-2 loop), ``syncs.py`` (host synchronisations per solve), ``g
 against the dense IFT oracle) and ``torch_compile.py`` (the compiled slot attention training step) in one
 process on one thread, prints one summary table of the targets (met or not, with the numbers, torchdeq's
 beside), writes ``<out>/suite.json``, ``hot_path.json``, ``syncs.json``, ``gradients.json``,
-``torch_compile.json`` and PNG plots into ``<plots>``. The full run takes about 10 minutes on one core; ``--quick`` takes seconds
-(small problems, no torch.compile) and is what tests/test_benchmarks.py runs.
+``torch_compile.json`` and PNG plots into ``<plots>``. The full run takes about 10 minutes on one quiet core;
+``--quick`` takes seconds (small problems, no torch.compile) and is what tests/test_benchmarks.py runs.
 """
 
 from __future__ import annotations

@@ -67,7 +67,8 @@ def report(rows: list[dict]) -> None:
     from common import print_table
 
     print_table("easy rows: time in f against time in the solver (best of interleaved repeats)",
-                ["problem", "tol", "solver", "calls of f", "seconds", "of which f", "other µs/call", "/ torchdeq iteration"],
+                ["problem", "tol", "solver", "calls of f", "seconds", "of which f", "other µs/call",
+                 "/ torchdeq iteration"],
                 [[r["problem"], f"{r['tol']:g}", r["solver"], r["calls"], r["seconds"], r["f_seconds"],
                   r["other_us_per_call"], r["ratio_to_torchdeq_iteration"]] for r in rows])
 

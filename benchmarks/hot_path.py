@@ -1,7 +1,9 @@
 """deqkit's hot path against the same loop written by hand: fixed-count solves and a slot attention training step.
 
 ``loop_overhead`` (``solvers.loop_overhead``): ``tol=None`` under ``no_grad`` against the bare loop, the
-same n evaluations, with 61 interleaved repeats. ``training_loop``: one training step of a tanh DEQ (64×256 and 8×32) with T = 30 updates and a gradient
+same n evaluations, with 61 interleaved repeats.
+
+``training_loop``: one training step of a tanh DEQ (64×256 and 8×32) with T = 30 updates and a gradient
 through one more: ``fixed_point(..., solver=Iteration(), backward=Neumann(1), tol=None, max_iter=T)`` against
 T updates under ``no_grad`` and one update with gradient from the detached result, as in Chang et al.'s
 Figure 2 (both evaluate f T + 1 times), forward and backward.
@@ -190,9 +192,10 @@ def report(results: dict) -> None:
                     results["slot_attention"]["median_ratio"],
                     f"loss Δ {results['slot_attention']['max_loss_difference']:.1e}"]])
     c = results["compaction_floor"]
-    print_table(f"compaction of a mixed batch ({c['problem']}, {c['running']} of {c['batch']} samples running): best of "
-                "interleaved repeats",
-                ["whole batch s", "compacted s", "running samples alone s", "compacted / whole", "alone / whole (floor)"],
+    print_table(f"compaction of a mixed batch ({c['problem']}, {c['running']} of {c['batch']} samples running): "
+                "best of interleaved repeats",
+                ["whole batch s", "compacted s", "running samples alone s", "compacted / whole",
+                 "alone / whole (floor)"],
                 [[c["seconds"]["whole_batch"], c["seconds"]["compacted"], c["seconds"]["running_samples_alone"],
                   c["ratio_compacted"], c["ratio_floor"]]])
 

@@ -98,7 +98,8 @@ def measure(quick: bool) -> list[dict]:
         with counting_syncs() as c:
             fixed_count()
         rows.append({"library": "deqkit", "solver": name, "mode": f"tol=None, {fixed} steps", "check_every": None,
-                     "syncs": total(c), "syncs_per_iteration": total(c) / fixed, "iterations": fixed, "cuda_syncs": c["cuda"]})
+                     "syncs": total(c), "syncs_per_iteration": total(c) / fixed, "iterations": fixed,
+                     "cuda_syncs": c["cuda"]})
         reference = None
         for k in (1, 4, 8):
             def to_tol(solver=make(check_every=k)):

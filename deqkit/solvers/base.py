@@ -251,7 +251,8 @@ class Solver:
 
     def __post_init__(self) -> None:
         if isinstance(self.check_every, bool) or not (isinstance(self.check_every, int) and self.check_every >= 1):
-            raise ConfigError(f"{type(self).__name__}(check_every={self.check_every!r}) is invalid; use an integer >= 1")
+            name = type(self).__name__
+            raise ConfigError(f"{name}(check_every={self.check_every!r}) is invalid; use an integer >= 1")
 
     def _start(self, z0: torch.Tensor) -> object:
         return None
