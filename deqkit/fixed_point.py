@@ -130,7 +130,7 @@ def row_map(step: Callable[..., State], inputs: tuple, spec: StateSpec) -> Calla
     None when some tensor in ``inputs`` is not batch-first with the state's batch size (nothing to slice
     safely, or no tensor at all: f then closes over its per-sample data). If f still closes over per-sample
     tensors, the evaluation on a subset fails and the solver goes back to whole batches. The subset of
-    inputs is kept while the set of rows does not change.
+    inputs is kept while the solver passes the same ``rows`` tensor.
     """
     leaves = [leaf for leaf in tree_leaves(inputs) if isinstance(leaf, torch.Tensor)]
     if not leaves or any(leaf.dim() == 0 or leaf.shape[0] != spec.batch for leaf in leaves):
@@ -141,8 +141,9 @@ def row_map(step: Callable[..., State], inputs: tuple, spec: StateSpec) -> Calla
         return x.index_select(0, rows) if isinstance(x, torch.Tensor) else x
 
     def f_rows(z_rows: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        cached = cache["rows"]
-        if cached is None or cached.shape != rows.shape or not torch.equal(cached, rows):
+        # The solver passes the same tensor while its set of rows does not change (comparing values would
+        # cost a host synchronisation per evaluation).
+        if cache["rows"] is not rows:
             cache["rows"], cache["inputs"] = rows, tree_map(lambda x: take(x, rows), inputs)
         sub = replace(spec, batch=rows.numel())
         out = sub.flatten(step(sub.unflatten(z_rows), *cache["inputs"]))

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from deqkit.errors import CheckedOptions, ConfigError
-from deqkit.solvers.base import SolveInfo, StopMode, is_transformed
+from deqkit.solvers.base import SolveInfo, StopMode, eager_under_compile, is_transformed
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class GMRES(CheckedOptions):
         if not (isinstance(self.restart, int) and self.restart >= 1):
             raise ConfigError(f"GMRES(restart={self.restart!r}) is invalid; restart must be an integer >= 1")
 
-    @torch.compiler.disable  # data-dependent loop: run eagerly under torch.compile
+    @eager_under_compile  # data-dependent loop: run eagerly under torch.compile
     def solve(
         self,
         matvec: Callable[[torch.Tensor], torch.Tensor],

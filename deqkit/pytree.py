@@ -63,8 +63,15 @@ class StateSpec:
         return pytree.tree_unflatten(leaves, self.treedef)
 
 
+_LEAF = pytree.tree_structure(torch.zeros(()))  # the treedef of a state that is one tensor
+_FLAT_DTYPES = (torch.float32, torch.float64)  # a [B, D] tensor of these is its own flat view
+
+
 def spec_of(state: State) -> StateSpec:
     """Read the spec of a batch-first state; every leaf must be a floating tensor with the same batch size."""
+    if isinstance(state, torch.Tensor) and state.dim() == 2 and state.dtype in _FLAT_DTYPES:  # the common case
+        return StateSpec(treedef=_LEAF, shapes=(state.shape[1:],), dtypes=(state.dtype,), batch=state.shape[0],
+                         dtype=state.dtype)
     leaves, treedef = pytree.tree_flatten(state)
     if not leaves:
         raise ValueError("the state has no tensors: pass a tensor or a tuple/list/dict of tensors")
@@ -112,9 +119,13 @@ def flat_map(f: Callable[[State], State], spec: StateSpec) -> Callable[[torch.Te
     if spec.is_matrix:  # the common [B, D] case: no reshaping, one flag test per call
 
         def f_matrix(z: torch.Tensor) -> torch.Tensor:
+            nonlocal checked
             out = f(z)
             if not checked:  # the structure cannot change between calls of the same f: check it once
-                check(out)
+                if isinstance(out, torch.Tensor) and out.shape == z.shape and out.is_floating_point():
+                    checked = True
+                else:
+                    check(out)
             return out if out.dtype == spec.dtype else out.to(spec.dtype)  # e.g. bf16 out of autocast
 
         return f_matrix

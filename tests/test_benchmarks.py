@@ -106,7 +106,14 @@ def test_python_m_benchmarks_quick_writes_results_plots_and_the_target_summary(t
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path), "--plots", str(tmp_path)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "performance targets (issue 14)" in proc.stdout
+    assert "performance targets (issues 14 and 23" in proc.stdout
+    hot = json.loads((tmp_path / "hot_path.json").read_text())["results"]
+    # the hand-written Figure-2 loop and deqkit's Neumann(1) compute the same thing
+    assert all(r["same_result"] for r in hot["training_loop"])
+    assert hot["slot_attention"]["max_loss_difference"] < 1e-6 and hot["slot_attention"]["ratio"] > 0
+    syncs = json.loads((tmp_path / "syncs.json").read_text())["results"]["rows"]
+    assert all(r["syncs"] == 0 for r in syncs if r["library"] == "deqkit" and r["check_every"] is None)
+    assert all(r["same_z_as_check_every_1"] for r in syncs if r["library"] == "deqkit" and r["check_every"])
     suite = json.loads((tmp_path / "suite.json").read_text())["results"]
     assert {"rows", "verdicts", "compaction", "loop_overhead"} <= set(suite)
     solvers = {(r["library"], r["solver"]) for r in suite["rows"]}

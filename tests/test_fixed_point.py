@@ -214,8 +214,8 @@ def test_a_fixed_count_loop_evaluates_f_max_iter_times_plus_the_estimators_steps
 
 
 @pytest.mark.parametrize("build, message", [
-    (lambda: deqkit.solvers.Anderson(window=3), "unknown option 'window' for Anderson(); valid options: beta, m, "
-                                                "regularization, safeguard"),
+    (lambda: deqkit.solvers.Anderson(window=3), "unknown option 'window' for Anderson(); valid options: beta, "
+                                                "check_every, m, regularization, safeguard"),
     (lambda: deqkit.solvers.Broyden(memory=4), "unknown option 'memory' for Broyden()"),
     (lambda: IFT(tolerance=1e-6), "unknown option 'tolerance' for IFT(); valid options: max_iter, solver, "
                                   "stop_mode, tol"),

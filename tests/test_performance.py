@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -198,3 +200,63 @@ def test_compaction_under_bf16_autocast_still_evaluates_subsets():
     # bf16 step outputs are cast back: no fall-back to whole batches (the last evaluation is the gradient
     # estimator's step from z*, which always sees the whole batch)
     assert max(rows[first_subset:-1]) < 12 and rows[-1] == 12
+
+
+def test_import_deqkit_does_not_import_torch_dynamo():
+    # torch._dynamo takes ~1.4 s to import: deqkit defers it until torch.compile itself has loaded it
+    code = "import sys, deqkit, deqkit.backward, deqkit.linear; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("solver", [Iteration(), Anderson(), Broyden()], ids=str)
+@pytest.mark.parametrize("backward", ["unrolled", Neumann(1)], ids=str)
+def test_a_fixed_count_solve_never_synchronises_with_the_host(solver, backward):
+    from benchmarks.syncs import counting_syncs, total
+
+    step, z0, x, _ = mixed_problem(batch=6)
+    x = x.clone().requires_grad_()
+    with counting_syncs() as counter:
+        z, info = deqkit.fixed_point(step, z0, inputs=(x,), solver=solver, backward=backward, tol=None, max_iter=7)
+        z.sum().backward()
+        info.trace, info.residual, info.diverged  # reading the record does not synchronise either
+    assert total(counter) == 0, dict(counter)
+    assert info.trace.shape == (7, 6) and x.grad is not None
+
+
+@pytest.mark.parametrize("solver", [Iteration, Anderson, Broyden], ids=lambda s: s.__name__)
+def test_check_every_reads_the_host_less_often_and_solves_the_same(solver):
+    from benchmarks.syncs import counting_syncs, total
+
+    step, z0, x, _ = mixed_problem(batch=12)
+    solves, syncs = {}, {}
+    for k in (1, 4):
+        with torch.no_grad(), counting_syncs() as counter:
+            solves[k] = deqkit.fixed_point(step, z0, inputs=(x,), solver=solver(check_every=k), tol=1e-5,
+                                           max_iter=200, stop_mode="abs")
+        syncs[k] = total(counter)
+    (z1, i1), (z4, i4) = solves[1], solves[4]
+    iterations = i1.iterations
+    # check_every=1: one read per iteration plus the compaction's choice of rows
+    assert iterations <= syncs[1] <= iterations + 6
+    assert syncs[4] <= -(-iterations // 4) + 1 + 6 and syncs[4] < syncs[1] / 2
+    assert i4.converged.all() and torch.equal(i1.nfe, i4.nfe) and i4.iterations == iterations
+    torch.testing.assert_close(z4, z1, rtol=0, atol=1e-5)
+    with pytest.raises(deqkit.ConfigError, match="check_every"):
+        solver(check_every=0)
+
+
+def test_a_fixed_count_record_is_computed_when_read_and_refuses_iterates_changed_in_place():
+    step, z0, x, _ = mixed_problem(batch=3)
+    with torch.no_grad():
+        z, info = deqkit.fixed_point(step, z0.clone(), inputs=(x,), solver=Iteration(), backward="unrolled",
+                                     tol=None, max_iter=4)
+        expected = torch.linalg.vector_norm(step(z, x) - z, dim=1)  # not what the record holds: one step later
+        z.mul_(2)  # the returned z is the last iterate: the record would now be wrong
+    with pytest.raises(RuntimeError, match="modified in place"):
+        info.residual
+    with torch.no_grad():
+        z, info = deqkit.fixed_point(step, z0, inputs=(x,), solver=Iteration(), backward="unrolled", tol=None, max_iter=4)
+    assert info.trace.shape == (4, 3) and not torch.equal(info.residual, expected)
+    z.mul_(2)  # once read, the record is kept
+    assert info.trace.shape == (4, 3) and repr(info).startswith("SolveInfo(nfe=")

@@ -27,6 +27,7 @@ class Anderson(Solver):
     safeguard: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not (isinstance(self.m, int) and self.m >= 1):
             raise ConfigError(f"Anderson(m={self.m!r}) is invalid; m must be an integer >= 1")
         if not 0.0 < self.beta <= 1.0:

@@ -28,6 +28,7 @@ class Broyden(Solver):
     growth: float = 10.0  # a step may raise the residual this much before it is rejected
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.m is not None and not (isinstance(self.m, int) and not isinstance(self.m, bool) and self.m >= 1):
             raise ConfigError(f"Broyden(m={self.m!r}) is invalid; m must be an integer >= 1, or None for no limit")
         if not 0.0 < self.beta <= 1.0:

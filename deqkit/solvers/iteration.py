@@ -18,6 +18,7 @@ class Iteration(Solver):
     uses_residual = False  # the step is f(z) alone: a fixed-count loop computes residuals in chunks
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0.0 < self.beta <= 1.0:
             raise ConfigError(f"Iteration(beta={self.beta}) is out of range; beta must be in (0, 1]")
 
