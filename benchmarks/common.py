@@ -80,6 +80,21 @@ def parser(doc: str | None, default_json: Path) -> argparse.ArgumentParser:
     return p
 
 
+def mean_sd(values: Sequence[float]) -> dict[str, Any]:
+    """``{"mean", "sd", "values"}`` of a sample; ``sd`` is the sample standard deviation (0 for one value)."""
+    values = [float(v) for v in values]
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "sd": sd, "values": values}
+
+
+def beyond_spread(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """``b - a`` of two ``mean_sd`` groups, and whether it exceeds the spread (the sum of their standard
+    deviations); a gap within the spread is "no difference beyond the spread"."""
+    diff = b["mean"] - a["mean"]
+    spread = a["sd"] + b["sd"]
+    return {"difference": diff, "spread": spread, "beyond": abs(diff) > spread}
+
+
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """Print rows (already formatted or plain values) as a rich table."""
     table = Table(title=title, show_lines=False)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import print_table, write_json  # noqa: E402
+from benchmarks.common import beyond_spread, mean_sd, print_table, write_json  # noqa: E402
 from deqkit.data import SceneConfig, SceneDataset, render_batch  # noqa: E402
 from deqkit.diagnostics import saved_tensor_bytes  # noqa: E402
 from deqkit.metrics import fg_ari  # noqa: E402
@@ -202,8 +202,7 @@ def seed_groups(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             values = [r["fid_slots"] if metric == "fid_slots" else r["test"].get(metric) for r in members]
             values = [v for v in values if v is not None]
             if values:
-                sd = statistics.stdev(values) if len(values) > 1 else 0.0
-                group[metric] = {"mean": statistics.fmean(values), "sd": sd, "values": values}
+                group[metric] = mean_sd(values)
         groups[name] = group
     return groups
 
@@ -220,10 +219,10 @@ def group_differences(groups: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
             continue
         for metric in GROUP_METRICS:
             if metric in group and metric in other:
-                diff = other[metric]["mean"] - group[metric]["mean"]
-                spread = other[metric]["sd"] + group[metric]["sd"]
+                gap = beyond_spread(group[metric], other[metric])
                 rows.append({"setting": name.removeprefix("unrolled "), "metric": metric,
-                             "neumann_minus_unrolled": diff, "spread": spread, "difference": abs(diff) > spread})
+                             "neumann_minus_unrolled": gap["difference"], "spread": gap["spread"],
+                             "difference": gap["beyond"]})
     if rows:
         print_table("implicit (neumann) - vanilla (unrolled)",
                     ["setting", "metric", "difference", "spread", "beyond spread"],
