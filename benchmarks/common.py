@@ -61,15 +61,26 @@ def tanh_problem(
     return TanhDEQ(W.to(dtype), U.to(dtype), x.to(dtype))
 
 
-def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after one warm-up run."""
-    fn()
+def _run_times(fn: Callable[[], Any], repeats: int, warmup: bool) -> list[float]:
+    if warmup:
+        fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after one warm-up run."""
+    return statistics.median(_run_times(fn, repeats, warmup=True))
+
+
+def best_seconds(fn: Callable[[], Any], repeats: int, *, warmup: bool = True) -> float:
+    """Shortest wall time of ``fn()`` over ``repeats`` runs (the intrinsic cost: load from other processes only
+    ever adds time), after one warm-up run unless ``warmup=False``."""
+    return min(_run_times(fn, repeats, warmup))
 
 
 def parser(doc: str | None, default_json: Path) -> argparse.ArgumentParser:

@@ -13,32 +13,25 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+sys.path.insert(0, str(Path(__file__).parent))  # common.py, however the script is run
+from common import best_seconds  # noqa: E402
 from deqkit.data import BACKGROUNDS, COLOR_MODES, SceneConfig, SceneDataset
 from deqkit.provenance import provenance
 
 DEFAULT_JSON = Path(__file__).parent / "results" / "data_speed.json"
 
 
-def _best_seconds(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def measure(config: SceneConfig, items: int, batch_size: int, repeats: int) -> dict:
     """Items per second for single-item access and for collated DataLoader batches."""
     ds = SceneDataset(config, "train")
-    single = _best_seconds(lambda: [ds[i] for i in range(items)], repeats)
+    single = best_seconds(lambda: [ds[i] for i in range(items)], repeats, warmup=False)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=0)
 
     def run_loader() -> None:
@@ -48,7 +41,7 @@ def measure(config: SceneConfig, items: int, batch_size: int, repeats: int) -> d
             if seen >= items:
                 break
 
-    batched = _best_seconds(run_loader, repeats)
+    batched = best_seconds(run_loader, repeats, warmup=False)
     n_loaded = min(items, len(ds))
     n_loaded = -(-n_loaded // batch_size) * batch_size  # whole batches are drawn
     objects = np.mean([int(ds[i]["num_objects"]) for i in range(min(items, 100))])

@@ -67,9 +67,8 @@ def measure(quick: bool) -> list[dict]:
     whether z equals the ``check_every=1`` answer); torchdeq: its solvers at rel 1e-5, and its
     ``simple_fixed_point_iter`` for the fixed count.
     """
-    import time
 
-    from common import tanh_problem
+    from common import best_seconds, tanh_problem
     from torchdeq.solver import get_solver
 
     import deqkit
@@ -81,14 +80,8 @@ def measure(quick: bool) -> list[dict]:
     tol, max_iter, fixed = 1e-5, 100, 20
     rows = []
 
-    def timed(fn, repeats: int = 3 if quick else 7):
-        fn()
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - start)
-        return best
+    def timed(fn):
+        return best_seconds(fn, 3 if quick else 7)
 
     for name, make in (("iteration", Iteration), ("anderson", Anderson), ("broyden", Broyden)):
         def fixed_count(solver=make()):
