@@ -72,6 +72,27 @@ def test_reference_options_reach_the_model_and_the_metrics_report_undefined_fg_a
     assert set(values["fg_ari_undefined"].tolist()) <= {0.0, 1.0} and values["fg_ari_undefined"].shape == (4,)
 
 
+def test_the_adjoint_solver_option_reaches_ift_and_broyden_gives_the_gmres_gradient():
+    """Chang et al.'s Table 2 solves the IFT adjoint by Broyden: ``ift_solver``/``ift_iters`` choose it."""
+    app = load_application("applications/slot_attention")
+    torch.manual_seed(0)
+    image = torch.rand(2, 3, 16, 16)
+    grads = {}
+    for solver in ("gmres", "broyden"):
+        cfg = app.make_config("smoke", ["backward=ift", f"ift_solver={solver}", "ift_iters=40"])
+        torch.manual_seed(0)
+        model = app.build_model(cfg)
+        assert model.slot_attention.fixed_point.backward.solver == solver
+        assert model.slot_attention.fixed_point.backward.max_iter == 40
+        model.encoder.zero_grad()
+        app.loss(model, {"image": image}, cfg)[0].backward()
+        grads[solver] = torch.cat([p.grad.flatten() for p in model.slot_attention.parameters()])
+    assert torch.allclose(grads["broyden"], grads["gmres"], rtol=1e-3, atol=1e-6)
+    assert app.make_config("smoke").ift_solver == "gmres"
+    with pytest.raises(ValueError, match="ift_solver"):
+        app.make_config("smoke", ["ift_solver=newton"])
+
+
 @pytest.mark.parametrize("decoder", ["conv", "mlp"])
 def test_both_decoders_give_masks_that_partition_each_pixel(decoder):
     torch.manual_seed(0)

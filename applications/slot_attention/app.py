@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import torch
 
+from deqkit.backward import IFT
 from deqkit.data import SceneConfig, SceneDataset
 from deqkit.metrics import ari, fg_ari, fg_ari_undefined, matched_miou, reconstruction_mse
 from deqkit.nn import upsampling_steps
@@ -54,6 +55,9 @@ class SlotAttentionConfig:
     solver: Literal["iteration", "anderson", "broyden"] = "iteration"
     backward: Literal["unrolled", "neumann", "ift", "phantom"] = "neumann"
     tol: float | None = None  # None: exactly `iters` updates
+    # backward=ift: the adjoint system's solver and its iteration cap (Chang et al.'s Table 2 solves it by Broyden)
+    ift_solver: Literal["gmres", "broyden", "anderson", "iteration"] = "gmres"
+    ift_iters: Iterations = 50
 
     def __post_init__(self) -> None:
         """Reject combinations the model cannot build, as one-line config errors (before any training)."""
@@ -113,12 +117,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def build_model(cfg: SlotAttentionConfig) -> SlotAutoencoder:
+    backward = IFT(solver=cfg.ift_solver, max_iter=cfg.ift_iters) if cfg.backward == "ift" else cfg.backward
     return SlotAutoencoder(
         cfg.data.image_size, cfg.num_slots, cfg.slot_dim, cfg.channels, cfg.mlp_hidden, cfg.iters,
         encoder_layers=cfg.encoder_layers, encoder_kernel=cfg.encoder_kernel,
         encoder_downsample=cfg.encoder_downsample, decoder_channels=cfg.decoder_channels,
         decoder_grid=cfg.decoder_grid, decoder_full_res_convs=cfg.decoder_full_res_convs, decoder=cfg.decoder,
-        decoder_positions=cfg.decoder_positions, solver=cfg.solver, backward=cfg.backward, tol=cfg.tol, init=cfg.init,
+        decoder_positions=cfg.decoder_positions, solver=cfg.solver, backward=backward, tol=cfg.tol, init=cfg.init,
         layer_norm_eps=cfg.layer_norm_eps, gaussian_init=cfg.gaussian_init)
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deqkit.backward import BackwardEstimator
 from deqkit.nn import (CNNEncoder, MLPBroadcastDecoder, SlotAttention, SlotInit, SpatialBroadcastDecoder,
                        alpha_composite, slot_frames)
 from deqkit.train import ConfigError  # a usage error: one line, exit status 2 from the CLI
@@ -30,7 +31,7 @@ class SlotAutoencoder(nn.Module):
                  encoder_downsample: int = 0, decoder_channels: int | None = None, decoder_grid: int = 8,
                  decoder_full_res_convs: int = 1, decoder: Literal["conv", "mlp"] = "conv",
                  decoder_positions: Literal["absolute", "relative"] = "absolute",
-                 solver: str = "iteration", backward: str = "neumann", tol: float | None = None,
+                 solver: str = "iteration", backward: str | BackwardEstimator = "neumann", tol: float | None = None,
                  init: SlotInit = "gaussian", layer_norm_eps: float = 1e-5, gaussian_init: str = "normal"):
         super().__init__()
         self.encoder = CNNEncoder(channels, encoder_layers, encoder_kernel, encoder_downsample)
