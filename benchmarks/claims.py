@@ -204,6 +204,30 @@ def table2(r: Results) -> Measured:
                     f"Neumann vs Broyden IFT: {backward.deqkit}; iteration vs Broyden forward: {forward.deqkit}")
 
 
+def _sa_seeds(metric: str, favours: str, digits: int) -> Callable[[Results], Measured]:
+    """Implicit (the T2 runs' IN) against vanilla (unrolled) slot attention, cpu preset at 3000 steps, test split."""
+    def measure(r: Results) -> Measured:
+        runs = r(SA_SEEDS_FILE)["results"]["runs"]
+        values = {v: [runs[k]["scores"]["as_trained"][metric] for k in sorted(runs) if k.startswith(f"{v}_s")]
+                  for v in ("IN", "VN")}
+        return compare(values["IN"], values["VN"], favours, digits)
+    return measure
+
+
+def fig6b_test_iterations(r: Results) -> Measured:
+    """The same runs (trained with 5 iterations) tested with 1, 3 and 7: test FG-ARI per count."""
+    runs = r(SA_SEEDS_FILE)["results"]["runs"]
+    parts, verdicts = [], []
+    for iters in (1, 3, 7):
+        values = {v: [runs[k]["scores"][f"iters{iters}"]["fg_ari"] for k in sorted(runs) if k.startswith(f"{v}_s")]
+                  for v in ("IN", "VN")}
+        found = compare(values["IN"], values["VN"], "higher", 3)
+        parts.append(f"T={iters}: {found.deqkit}")
+        verdicts.append(found.verdict)
+    verdict = verdicts[0] if len(set(verdicts)) == 1 else "; ".join(f"T={i}: {v}" for i, v in zip((1, 3, 7), verdicts))
+    return Measured("test FG-ARI " + "; ".join(parts), verdict)
+
+
 def _curves(file: str, iters: int, metric: str, favours: str, digits: int) -> Callable[[Results], Measured]:
     def measure(r: Results) -> Measured:
         runs = r(file)["curves"]["runs"]
@@ -327,6 +351,7 @@ T2_VARIANTS = {  # Chang et al.'s four variants: forward (I: iteration, B: Broyd
           "--set ift_iters=7",
 }
 T2_FILE = "claims_t2.json"
+SA_SEEDS_FILE = "slot_attention_cpu_3000_seeds.json"
 T2_STEPS = "--set train.steps=3000 --set train.image_every=3000"
 SLATE_RUNS = ("for s in 0 1 2; do deqkit train slate --set backward=neumann --set train.seed=$s --out runs/neumann-s$s; "
               "deqkit train slate --set backward=unrolled --set train.seed=$s --out runs/unrolled-s$s; done",
@@ -357,6 +382,10 @@ IA_CMDS = ("the seven runs and `benchmarks/interaction_asymmetry.py --runs ...` 
 SA_CURVES = "PYTHONPATH=. python benchmarks/slot_attention.py --parts curves"
 SA_64 = ("PYTHONPATH=. python benchmarks/slot_attention.py --parts curves --full-size --iters 5 --steps 4000 "
          "--methods vanilla --json benchmarks/results/slot_attention_64px.json  # and --methods implicit",)
+SA_SEEDS = ("for s in 0 1 2; do deqkit train slot_attention --seed $s {steps} --out runs/t2/IN_s$s; deqkit train "
+            "slot_attention --seed $s {steps} --set backward=unrolled --out runs/t2/VN_s$s; done",
+            "PYTHONPATH=. python benchmarks/score_runs.py runs/t2/IN_s? runs/t2/VN_s? --variant iters1:iters=1 "
+            "--variant iters3:iters=3 --variant iters7:iters=7 --json {results}/{file}")
 SA_LONG = ("deqkit train slot_attention --set train.steps=12000 [--set backward=unrolled]",)
 PAPER_T1 = "backward memory and time constant in the iterations for implicit, linear for unrolled (numbers not " \
     "transcribed here)"
@@ -405,6 +434,12 @@ CLAIMS: tuple[Claim, ...] = (
           SA_GPU),
     Claim("T3-sa-32px", "Chang et al., Table 3", "slot attention at 32 px, 3 iterations, 1500 steps: val MSE",
           PAPER_T3, ("slot_attention.json",), _curves("slot_attention.json", 3, "mse", "lower", 4), (SA_CURVES,), True),
+    Claim("T3-sa-cpu", "Chang et al., Table 3", "slot attention cpu preset (5 iterations), 3000 steps, 3 seeds: test "
+          "FG-ARI", PAPER_T3, (SA_SEEDS_FILE,), _sa_seeds("fg_ari", "higher", 3),
+          tuple(c.format(steps=T2_STEPS, results=RESULTS, file=SA_SEEDS_FILE) for c in SA_SEEDS), True, SA_GPU),
+    Claim("T3-sa-cpu-mse", "Chang et al., Table 3", "slot attention, same runs: test MSE", PAPER_T3, (SA_SEEDS_FILE,),
+          _sa_seeds("mse", "lower", 4), tuple(c.format(steps=T2_STEPS, results=RESULTS, file=SA_SEEDS_FILE)
+                                               for c in SA_SEEDS), True),
     Claim("T3-sa-long", "Chang et al., Table 3", "slot attention cpu preset, 12000 steps: val FG-ARI", PAPER_T3,
           ("slot_attention_long_vanilla_vs_implicit.json",), _long("fg_ari", "higher", 3), SA_LONG, True),
     Claim("T3-slate-mse", "Chang et al., Table 3", "SLATE cpu preset, 6000 steps: test slot MSE (sum per image)",
@@ -452,6 +487,9 @@ CLAIMS: tuple[Claim, ...] = (
           PAPER_F6B, ("slate_ablation.json",), fig6b_slate, SLATE_SHORT, True,
           ("for b in neumann unrolled; do for i in 1 3 7; do for s in 0 1 2; do deqkit train slate --set backward=$b "
            "--set iters=$i --set train.seed=$s --out runs/f6b-$b-$i-s$s; done; done; done  # full length, 3 seeds",)),
+    Claim("F6b-sa-test", "Chang et al., Figure 6b", "slot attention cpu preset, 3000 steps, 3 seeds, trained with 5 "
+          "iterations and tested with 1/3/7", PAPER_F6B, (SA_SEEDS_FILE,), fig6b_test_iterations,
+          tuple(c.format(steps=T2_STEPS, results=RESULTS, file=SA_SEEDS_FILE) for c in SA_SEEDS), True),
     Claim("F6b-sa", "Chang et al., Figure 6b", "slot attention at 32 px, 1500 steps, iterations 1/3/7 (train = test)",
           PAPER_F6B, ("slot_attention.json",), fig6b_slot_attention, (SA_CURVES,), True),
 )

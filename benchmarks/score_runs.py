@@ -3,7 +3,8 @@
 A documented test metric comes from two commands: ``deqkit train`` (which wrote the weights, at the commit in
 the run's ``config.json``) and the scoring (this script, at the current commit). The results file holds both
 provenances, the validation curve from ``metrics.jsonl`` and the test metrics of ``checkpoints/last.safetensors``
-(also with each ``--variant`` of ``--set`` overrides, e.g. more iterations at test time)::
+(also with each ``--variant`` of ``--set`` overrides, e.g. more iterations at test time), and the mean ± sd
+over the seeds of each configuration (runs named ``NAME_sK`` or ``NAME-sK``)::
 
     PYTHONPATH=. python benchmarks/score_runs.py runs/sa runs/sa_s1 --json benchmarks/results/NAME.json \\
         [--variant iters10:iters=10] [--split test] [--batches N]
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,15 @@ def score(run: Path, split: str, sets: list[str], batches: int | None) -> dict[s
     """Metrics of the run's last checkpoint on ``split`` with the config overrides ``sets``."""
     restored = restore(run / "checkpoints" / "last.safetensors", "cpu", sets)
     return evaluate(restored.app, restored.model, restored.config, split, torch.device("cpu"), limit=batches)
+
+
+def seed_groups(names: Any) -> dict[str, list[str]]:
+    """Run names grouped by what precedes a seed suffix (``IN_s0``, ``IN_s1`` → ``IN``; ``neumann-s2`` →
+    ``neumann``); a name without one is its own group."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(re.sub(r"[_-]s\d+$", "", name), []).append(name)
+    return groups
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -68,12 +79,14 @@ def main() -> None:
     metrics = [m for m in next(iter(runs.values()))["scores"]["as_trained"] if m != "samples"]
     summary = {name: {m: mean_sd([r["scores"][name][m] for r in runs.values()]) for m in metrics}
                for name, _ in variants}
+    groups = {group: {name: {m: mean_sd([runs[run]["scores"][name][m] for run in members]) for m in metrics}
+                      for name, _ in variants} for group, members in seed_groups(runs).items()}
     print_table(f"{args.split} split", ["run", "variant", *metrics],
                 [[run, name, *(r["scores"][name][m] for m in metrics)] for run, r in runs.items() for name, _ in variants])
     apps = sorted({r["app"] for r in runs.values()})
     write_json(args.json, "score_runs", {"split": args.split, "batches": args.batches,
                                          "variants": dict(variants), "runs": [str(r) for r in args.runs]},
-               {"runs": runs, "summary": summary}, code=[f"applications/{app}" for app in apps])
+               {"runs": runs, "summary": summary, "groups": groups}, code=[f"applications/{app}" for app in apps])
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ def test_score_runs_gives_deqkit_evals_numbers_and_the_training_provenance(smoke
     assert record["app"] == "slot_attention" and record["steps"] == 6
     assert record["provenance"]["argv"] and [p["step"] for p in record["val_curve"]] == [3, 6]
     assert results["summary"]["as_trained"]["fg_ari"]["values"] == [record["scores"]["as_trained"]["fg_ari"]]
+    assert results["groups"] == {"sa_smoke": results["summary"]}
 
 
 def test_the_logged_spectral_norm_is_a_lower_bound_that_50_steps_make_exact(smoke_run, tmp_path):
@@ -56,3 +57,12 @@ def test_the_logged_spectral_norm_is_a_lower_bound_that_50_steps_make_exact(smok
     assert result["logged_iters"] == 2 and result["state_dim"] == 3 * 16
     assert all(r <= 1 + 1e-6 for r in result["logged_over_exact"]["values"])
     assert result["lanczos_50_over_exact_min"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_score_runs_groups_runs_by_the_name_before_their_seed_suffix():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.score_runs import seed_groups
+
+    assert seed_groups(["IN_s0", "VN_s0", "IN_s12", "neumann-s1", "sa_small", "sa_s"]) == {
+        "IN": ["IN_s0", "IN_s12"], "VN": ["VN_s0"], "neumann": ["neumann-s1"], "sa_small": ["sa_small"],
+        "sa_s": ["sa_s"]}
