@@ -156,6 +156,8 @@ def compare(args: argparse.Namespace) -> None:
     save_picture(Path(args.plot), list(results), results, rows=min(6, args.jacobian_images))
     payload = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
                "threads": torch.get_num_threads(), "data": str(data[0]), "provenance": provenance(),
+               "code": ["applications/interaction_asymmetry", "applications/slot_attention",
+                        "benchmarks/interaction_asymmetry.py", "deqkit"],
                "results": {n: {k: v for k, v in m.items() if not k.startswith("_")} for n, m in results.items()}}
     Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.json} and {args.plot}")
