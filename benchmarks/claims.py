@@ -309,6 +309,7 @@ def ia_alpha(r: Results) -> Measured:
 def ia_attempts(r: Results) -> Measured:
     """The session of attempts to make the VAE find objects: FG-ARI (fixed-partition FG-ARI) per attempt."""
     res = r(IA_ATTEMPTS_FILE)["results"]
+
     def three(x: float) -> str:
         return f"{x:.3f}".replace("-0.000", "0.000")
 
@@ -497,8 +498,8 @@ CLAIMS: tuple[Claim, ...] = (
           "attention step", PAPER_F5, ("slate_main.json",),
           _spectral("slate_main.json", ("neumann-s0", "neumann-s1", "neumann-s2"),
                     ("unrolled-s0", "unrolled-s1", "unrolled-s2"), 4000,
-                    "the logged estimate matches the dense Jacobian's norm of the same map (docs/slate.md); the paper's "
-                    "growth without clipping and warm-up needs its GPU-length runs"), SLATE_RUNS,
+                    "the logged estimate matches the dense Jacobian's norm of the same map (docs/slate.md); the "
+                    "paper's growth without clipping and warm-up needs its GPU-length runs"), SLATE_RUNS,
           gpu=SLATE_GPU),
     Claim("F5-sa", "Chang et al., Figure 5", "slot attention cpu preset, 12000 steps (no clipping, warm-up 200): ‖J‖ "
           "of the slot attention step", PAPER_F5, ("slot_attention_long_vanilla_vs_implicit.json",),
@@ -506,9 +507,9 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("F5-sa-exact", "Chang et al., Figure 5", "slot attention cpu preset, 3000 steps (no clipping, warm-up "
           "200), 3 seeds: exact ‖J‖₂ of the step at the final checkpoint, 16 validation images", PAPER_F5,
           (SPECTRAL_FILE,), fig5_exact,
-          (tuple(c.format(steps=T2_STEPS, results=RESULTS, file=SA_SEEDS_FILE) for c in SA_SEEDS)[0],
-           "PYTHONPATH=. python benchmarks/spectral_estimate.py runs/neumann-s0 runs/unrolled-s0 runs/t2/IN_s? runs/t2/VN_s? "
-           f"--json {RESULTS}/{SPECTRAL_FILE}")),
+          (SA_SEEDS[0].format(steps=T2_STEPS), SLATE_RUNS[0],
+           "PYTHONPATH=. python benchmarks/spectral_estimate.py runs/neumann-s0 runs/unrolled-s0 runs/t2/IN_s? "
+           f"runs/t2/VN_s? --json {RESULTS}/{SPECTRAL_FILE}")),
     Claim("F5-slate-noclip", "Chang et al., Figure 5", "SLATE cpu schedule, 3000 steps, no clipping, no warm-up: ‖J‖",
           PAPER_F5, ("slate_ablation.json",),
           _spectral("slate_ablation.json", ("short-neumann-noclip-nowarm",), ("short-unrolled-noclip-nowarm",), 1000,
