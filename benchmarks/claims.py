@@ -136,6 +136,18 @@ def grows_vs_flat(unrolled: Sequence[tuple[int, float]], implicit: Sequence[tupl
     return Measured(text, "holds" if growth > spread else "no difference beyond the spread")
 
 
+def combine(parts: Sequence[tuple[str, str]]) -> str:
+    """One verdict for a claim measured in parts (``(where, verdict)``): the common verdict, else each verdict
+    with where it applies, the decisive ones first, so the text still starts with a verdict word."""
+    by: dict[str, list[str]] = {}
+    for where, verdict in parts:
+        by.setdefault(verdict, []).append(where)
+    if len(by) == 1:
+        return next(iter(by))
+    order = sorted(by, key=lambda v: next((i for i, w in enumerate(VERDICTS) if v.startswith(w)), len(VERDICTS)))
+    return "; ".join(f"{v} {', '.join(by[v])}" for v in order)
+
+
 def last_point(curve: list[dict[str, Any]], metric: str) -> float:
     return curve[-1][metric]
 
@@ -197,8 +209,8 @@ def table2(r: Results) -> Measured:
              f"{mean_sd([run['train_minutes'] for run in by[v]])['mean']:.1f} min" for v in T2_VARIANTS]
     backward = compare(values("IN", "fg_ari"), values("IB", "fg_ari"), "higher", 3, ("IN", "IB"))
     forward = compare(values("IN", "fg_ari"), values("BN", "fg_ari"), "higher", 3, ("IN", "BN"))
-    verdict = backward.verdict if backward.verdict == forward.verdict else \
-        f"backward: {backward.verdict}; forward: {forward.verdict}"
+    verdict = combine([("for the backward (Neumann vs Broyden IFT)", backward.verdict),
+                       ("for the forward (iteration vs Broyden)", forward.verdict)])
     steps = by["IN"][0]["steps"]
     return Measured(f"test FG-ARI after {steps} steps: " + "; ".join(cells), verdict,
                     f"Neumann vs Broyden IFT: {backward.deqkit}; iteration vs Broyden forward: {forward.deqkit}")
@@ -234,7 +246,7 @@ def fig6b_test_iterations(r: Results) -> Measured:
         found = compare(values["IN"], values["VN"], "higher", 3)
         parts.append(f"T={iters}: {found.deqkit}")
         verdicts.append(found.verdict)
-    verdict = verdicts[0] if len(set(verdicts)) == 1 else "; ".join(f"T={i}: {v}" for i, v in zip((1, 3, 7), verdicts))
+    verdict = combine([(f"at T={i}", v) for i, v in zip((1, 3, 7), verdicts)])
     return Measured("test FG-ARI " + "; ".join(parts), verdict)
 
 
@@ -360,7 +372,7 @@ def fig6b_slot_attention(r: Results) -> Measured:
         found = compare(values["implicit"], values["vanilla"], "higher", 2)
         parts.append(f"T={iters}: {found.deqkit}")
         verdicts.append(found.verdict)
-    verdict = verdicts[0] if len(set(verdicts)) == 1 else "; ".join(f"T={i}: {v}" for i, v in zip((1, 3, 7), verdicts))
+    verdict = combine([(f"at T={i}", v) for i, v in zip((1, 3, 7), verdicts)])
     return Measured("val FG-ARI " + "; ".join(parts), verdict)
 
 

@@ -7,7 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from benchmarks.claims import CLAIMS, PAGE, RESULTS, VERDICTS, Results, compare, grows_vs_flat, main, render
+from benchmarks.claims import (CLAIMS, PAGE, RESULTS, VERDICTS, Results, combine, compare, grows_vs_flat, main,
+                               render)
 from benchmarks.common import beyond_spread, mean_sd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,3 +93,10 @@ def test_provenance_and_the_evaluation_fix_marker(tmp_path):
     assert results.provenance("old.json") == "no provenance (written before provenance existed)"
     assert results.provenance("new.json") == "commit ffffffffffff"
     assert results.before_eval_fix("old.json")
+
+
+def test_a_verdict_measured_in_parts_starts_with_a_verdict_word_decisive_first():
+    assert combine([("at T=1", "holds"), ("at T=3", "holds")]) == "holds"
+    mixed = combine([("at T=1", "no difference beyond the spread"), ("at T=7", "holds"),
+                     ("at T=3", "no difference beyond the spread")])
+    assert mixed == "holds at T=7; no difference beyond the spread at T=1, at T=3"
