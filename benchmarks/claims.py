@@ -198,12 +198,11 @@ def _set_cost(key: str) -> Callable[[Results], Measured]:
 def table2(r: Results) -> Measured:
     """IN (iteration forward, Neumann backward: the paper's method) against the variant that changes one part:
     IB (Broyden-solved IFT backward) and BN (Broyden forward), on test FG-ARI; all four variants' numbers shown."""
-    res = r(T2_FILE)["results"]
-    runs = res["runs"]
+    runs = r(T2_FILE)["results"]["runs"]
     by = {v: [runs[k] for k in sorted(runs) if k.startswith(f"{v}_s")] for v in T2_VARIANTS}
 
     def values(v: str, metric: str) -> list[float]:
-        return [run["scores"]["as_trained"][metric] for run in by[v]]
+        return seed_values(r, T2_FILE, v, metric)
 
     cells = [f"{v} {show(mean_sd(values(v, 'fg_ari')))}, MSE {mean_sd(values(v, 'mse'))['mean']:.4f}, "
              f"{mean_sd([run['train_minutes'] for run in by[v]])['mean']:.1f} min" for v in T2_VARIANTS]
@@ -216,13 +215,16 @@ def table2(r: Results) -> Measured:
                     f"Neumann vs Broyden IFT: {backward.deqkit}; iteration vs Broyden forward: {forward.deqkit}")
 
 
-def _sa_seeds(metric: str, favours: str, digits: int) -> Callable[[Results], Measured]:
-    """Implicit (the T2 runs' IN) against vanilla (unrolled) slot attention, cpu preset at 3000 steps, test split."""
+def seed_values(r: Results, file: str, group: str, metric: str, variant: str = "as_trained") -> list[float]:
+    """One configuration's metric over its seeds, from a ``benchmarks/score_runs.py`` file's ``groups``."""
+    return r(file)["results"]["groups"][group][variant][metric]["values"]
+
+
+def _arms(file: str, implicit: str, vanilla: str, metric: str, favours: str,
+          digits: int) -> Callable[[Results], Measured]:
+    """Implicit against vanilla over seeds, two configurations of one ``score_runs.py`` file."""
     def measure(r: Results) -> Measured:
-        runs = r(SA_SEEDS_FILE)["results"]["runs"]
-        values = {v: [runs[k]["scores"]["as_trained"][metric] for k in sorted(runs) if k.startswith(f"{v}_s")]
-                  for v in ("IN", "VN")}
-        return compare(values["IN"], values["VN"], favours, digits)
+        return compare(seed_values(r, file, implicit, metric), seed_values(r, file, vanilla, metric), favours, digits)
     return measure
 
 
@@ -238,12 +240,10 @@ def fig5_exact(r: Results) -> Measured:
 
 def fig6b_test_iterations(r: Results) -> Measured:
     """The same runs (trained with 5 iterations) tested with 1, 3 and 7: test FG-ARI per count."""
-    runs = r(SA_SEEDS_FILE)["results"]["runs"]
     parts, verdicts = [], []
     for iters in (1, 3, 7):
-        values = {v: [runs[k]["scores"][f"iters{iters}"]["fg_ari"] for k in sorted(runs) if k.startswith(f"{v}_s")]
-                  for v in ("IN", "VN")}
-        found = compare(values["IN"], values["VN"], "higher", 3)
+        found = compare(seed_values(r, SA_SEEDS_FILE, "IN", "fg_ari", f"iters{iters}"),
+                        seed_values(r, SA_SEEDS_FILE, "VN", "fg_ari", f"iters{iters}"), "higher", 3)
         parts.append(f"T={iters}: {found.deqkit}")
         verdicts.append(found.verdict)
     verdict = combine([(f"at T={i}", v) for i, v in zip((1, 3, 7), verdicts)])
@@ -290,15 +290,6 @@ def _set_prediction(name: str, metric: str, favours: str, digits: int) -> Callab
         runs = r("set_prediction_test.json")["runs"]
         return compare([runs[f"{name}_neumann_s0"]["test"][metric]], [runs[f"{name}_unrolled_s0"]["test"][metric]],
                        favours, digits)
-    return measure
-
-
-def _set_props(metric: str, favours: str, digits: int) -> Callable[[Results], Measured]:
-    def measure(r: Results) -> Measured:
-        runs = r(SET_PROPS_FILE)["results"]["runs"]
-        values = {b: [runs[k]["scores"]["as_trained"][metric] for k in sorted(runs) if k.startswith(f"props_{b}_s")]
-                  for b in ("neumann", "unrolled")}
-        return compare(values["neumann"], values["unrolled"], favours, digits)
     return measure
 
 
@@ -472,11 +463,11 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("T3-sa-32px", "Chang et al., Table 3", "slot attention at 32 px, 3 iterations, 1500 steps: val MSE",
           PAPER_T3, ("slot_attention.json",), _curves("slot_attention.json", 3, "mse", "lower", 4), (SA_CURVES,), True),
     Claim("T3-sa-cpu", "Chang et al., Table 3", "slot attention cpu preset (5 iterations), 3000 steps, 3 seeds: test "
-          "FG-ARI", PAPER_T3, (SA_SEEDS_FILE,), _sa_seeds("fg_ari", "higher", 3),
+          "FG-ARI", PAPER_T3, (SA_SEEDS_FILE,), _arms(SA_SEEDS_FILE, "IN", "VN", "fg_ari", "higher", 3),
           tuple(c.format(steps=T2_STEPS, results=RESULTS, file=SA_SEEDS_FILE) for c in SA_SEEDS), True, SA_GPU),
     Claim("T3-sa-cpu-mse", "Chang et al., Table 3", "slot attention, same runs: test MSE", PAPER_T3, (SA_SEEDS_FILE,),
-          _sa_seeds("mse", "lower", 4), tuple(c.format(steps=T2_STEPS, results=RESULTS, file=SA_SEEDS_FILE)
-                                               for c in SA_SEEDS), True),
+          _arms(SA_SEEDS_FILE, "IN", "VN", "mse", "lower", 4),
+          tuple(c.format(steps=T2_STEPS, results=RESULTS, file=SA_SEEDS_FILE) for c in SA_SEEDS), True),
     Claim("T3-sa-long", "Chang et al., Table 3", "slot attention cpu preset, 12000 steps: val FG-ARI", PAPER_T3,
           ("slot_attention_long_vanilla_vs_implicit.json",), _long("fg_ari", "higher", 3), SA_LONG, True),
     Claim("T3-slate-mse", "Chang et al., Table 3", "SLATE cpu preset, 6000 steps: test slot MSE (sum per image)",
@@ -488,11 +479,12 @@ CLAIMS: tuple[Claim, ...] = (
           ("deqkit train slate --preset cpu_gpt [--set backward=unrolled] --out runs/cpu-{neumann,unrolled}-gaussian-s0",
            "PYTHONPATH=. python benchmarks/slate.py report runs/cpu-* --name gpt_main"), True, SLATE_GPU),
     Claim("T3-set-props", "(extension of Table 3)", "set prediction (properties), slot attention decoder, 4000 steps: "
-          "test AP∞", NOT_IN_PAPER, (SET_PROPS_FILE,), _set_props("ap_inf", "higher", 3), SET_PROPS_CMDS, True,
+          "test AP∞", NOT_IN_PAPER, (SET_PROPS_FILE,),
+          _arms(SET_PROPS_FILE, "props_neumann", "props_unrolled", "ap_inf", "higher", 3), SET_PROPS_CMDS, True,
           ("deqkit train set_prediction --preset paper [--set backward=unrolled]",)),
     Claim("T3-set-props-ap125", "(extension of Table 3)", "set prediction (properties), same runs: test AP@0.125 "
-          "(the strictest distance threshold)", NOT_IN_PAPER, (SET_PROPS_FILE,), _set_props("ap_0.125", "higher", 3),
-          SET_PROPS_CMDS, True),
+          "(the strictest distance threshold)", NOT_IN_PAPER, (SET_PROPS_FILE,),
+          _arms(SET_PROPS_FILE, "props_neumann", "props_unrolled", "ap_0.125", "higher", 3), SET_PROPS_CMDS, True),
     Claim("T3-set-sets", "(extension of Table 3)", "random sets 8x8, DSPN decoder, 4000 steps: test set loss",
           NOT_IN_PAPER, ("set_prediction_test.json",), _set_prediction("sets88", "set_loss", "lower", 3), SET_CMDS,
           True, ("deqkit train set_prediction --preset paper_sets [--set backward=unrolled]",)),
