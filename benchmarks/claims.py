@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import beyond_spread, mean_sd  # noqa: E402
+from benchmarks.score_runs import seed_groups  # noqa: E402
 
 RESULTS = "benchmarks/results"
 PAGE = ROOT / "docs" / "claims.md"
@@ -199,7 +200,7 @@ def table2(r: Results) -> Measured:
     """IN (iteration forward, Neumann backward: the paper's method) against the variant that changes one part:
     IB (Broyden-solved IFT backward) and BN (Broyden forward), on test FG-ARI; all four variants' numbers shown."""
     runs = r(T2_FILE)["results"]["runs"]
-    by = {v: [runs[k] for k in sorted(runs) if k.startswith(f"{v}_s")] for v in T2_VARIANTS}
+    by = {v: [runs[k] for k in names] for v, names in seed_groups(runs).items()}
 
     def values(v: str, metric: str) -> list[float]:
         return seed_values(r, T2_FILE, v, metric)
@@ -231,7 +232,7 @@ def _arms(file: str, implicit: str, vanilla: str, metric: str, favours: str,
 def fig5_exact(r: Results) -> Measured:
     """The dense-Jacobian ‖J‖₂ at the final checkpoints of the 3000-step runs (IN: implicit, VN: vanilla)."""
     runs = r(SPECTRAL_FILE)["results"]
-    values = {v: [runs[k]["exact"]["mean"] for k in sorted(runs) if k.startswith(f"{v}_s")] for v in ("IN", "VN")}
+    values = {v: [runs[k]["exact"]["mean"] for k in names] for v, names in seed_groups(runs).items()}
     found = compare(values["IN"], values["VN"], "lower", 2)
     return Measured(f"exact ‖J‖₂ at step 3000: {found.deqkit}", found.verdict,
                     "one point at the end of training, not the paper's curve; the logged estimate is within "
