@@ -180,3 +180,21 @@ def test_the_other_rank_exits_with_one_line_within_the_timeout_when_a_rank_dies_
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "rank 0 of 2: lost the other ranks" in errors[0], stderr
     assert "train.dist_timeout=10" in errors[0]
+
+
+@pytest.mark.parametrize("message", [
+    "[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:5555",
+    "Application timeout caused pair closure",  # gloo, when the peer is stopped during DDP's backward all-reduce
+    "Timed out waiting 10000ms for recv operation to complete",
+    "NCCL communicator was aborted on rank 0",
+])
+def test_backend_errors_of_a_lost_peer_become_one_line(message):
+    from deqkit.train.distributed import Dist, collectives
+    from deqkit.train.errors import TrainingError
+
+    with pytest.raises(TrainingError, match="lost the other ranks while backward"):
+        with collectives(Dist(0, 2, timeout=10.0), "backward"):
+            raise RuntimeError(message)
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # an ordinary error stays itself
+        with collectives(Dist(0, 2, timeout=10.0), "backward"):
+            raise RuntimeError("shape mismatch")

@@ -84,13 +84,17 @@ def shutdown(d: Dist) -> None:
         dist.destroy_process_group()
 
 
+# Words gloo/NCCL put in the RuntimeErrors they raise when a peer is gone (seen: "Connection closed by peer",
+# "Timed out waiting ...", "Application timeout caused pair closure" when the peer is stopped mid-backward).
+_BACKEND_MARKS = ("gloo", "nccl", "timed out", "timeout", "connection closed", "connection reset", "pair closure")
+
+
 def is_collective_failure(err: BaseException) -> bool:
     """Whether ``err`` comes from the communication backend (gloo raises plain RuntimeErrors)."""
     if isinstance(err, dist.DistError):
         return True
-    text = str(err)
-    return isinstance(err, RuntimeError) and any(
-        mark in text for mark in ("gloo", "NCCL", "Timed out", "Connection closed", "Connection reset"))
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and any(mark in text for mark in _BACKEND_MARKS)
 
 
 @contextmanager
