@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors import safe_open
 from typer.testing import CliRunner
 
 from deqkit.cli import app
@@ -222,9 +224,15 @@ def test_eval_and_diagnose_print_json_with_json_and_write_it_with_out(run, tmp_p
     assert json.loads(printed.stdout) == json.loads((tmp_path / "e.json").read_text())
     table = invoke("eval", ckpt, "--batches", "1", "--out", tmp_path / "e2.json")
     assert table.exit_code == 0 and "accuracy" in table.stdout and not table.stdout.lstrip().startswith("{")
-    assert json.loads((tmp_path / "e2.json").read_text())["metrics"]["samples"] == 32
+    written = json.loads((tmp_path / "e2.json").read_text())
+    assert written["metrics"]["samples"] == 32
+    # which code scored it, and which code trained it (the checkpoint's own block), for a results file
+    with safe_open(str(ckpt), framework="pt") as handle:
+        assert written["trained_by"] == json.loads(handle.metadata()["provenance"])
+    assert set(written["provenance"]) >= {"commit", "dirty", "versions", "time"}
     report = invoke("diagnose", ckpt, "--batches", "1", "--json")
     assert report.exit_code == 0, report.output
+    assert json.loads(report.stdout)["trained_by"]["versions"]["torch"] == torch.__version__
     fp = json.loads(report.stdout)["fixed_points"]["fp"]
     assert fp["tol"] == 1e-4 and fp["stop_mode"] == "rel" and set(fp["readings"]) >= {"converged", "spectral_radius"}
     one_line_error(invoke("eval", ckpt, "--out", "/dev/null/x.json"), 2, "cannot write --out")

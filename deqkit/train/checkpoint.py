@@ -227,6 +227,16 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     return meta
 
 
+def stored_provenance(path: str | Path) -> dict[str, Any] | None:
+    """The provenance block of the process that wrote the checkpoint (``None`` for files written before
+    checkpoints had one, or a block that is not a JSON object)."""
+    try:
+        block = json.loads(read_metadata(path).get("provenance", "null"))
+    except json.JSONDecodeError:
+        return None
+    return block if isinstance(block, dict) else None
+
+
 def _json(meta: dict[str, str], key: str, kind: type, default: Any = ...) -> Any:
     """The JSON value of metadata ``key``, which must be of type ``kind`` (``ValueError`` otherwise)."""
     if key not in meta:
