@@ -125,11 +125,23 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def write_json(path: Path, benchmark: str, config: dict, results: Any, *, code: Sequence[str] = ()) -> None:
+def merged_provenance(previous: dict | None, kept_parts: Sequence[str]) -> dict | None:
+    """The provenance of a results file some of whose parts were measured earlier: while a part is kept from
+    ``previous`` the file keeps ``previous``'s block (``None`` if it had none), so a file never looks newer
+    than its oldest number; rerunning every part gives it this process's block."""
+    if not kept_parts:
+        return provenance()
+    block = (previous or {}).get("provenance")
+    return block if isinstance(block, dict) else None
+
+
+def write_json(path: Path, benchmark: str, config: dict, results: Any, *, code: Sequence[str] = (),
+               provenance_block: dict | None | str = "this process") -> None:
     """Write ``{"benchmark", "environment", "provenance", "code", "config", "results"}`` to ``path`` atomically.
 
-    ``provenance`` says which commit and packages produced the numbers; ``code`` lists the paths (relative to
-    the repository) whose changes make them stale: deqkit, this file, the calling script and ``code``
+    ``provenance`` says which commit and packages produced the numbers (``provenance_block`` overrides it for
+    files that keep parts measured earlier, see :func:`merged_provenance`); ``code`` lists the paths (relative
+    to the repository) whose changes make them stale: deqkit, this file, the calling script and ``code``
     (``python -m benchmarks.docs --check`` reads both, see docs/benchmarks.md).
     """
     import torchdeq
@@ -143,7 +155,7 @@ def write_json(path: Path, benchmark: str, config: dict, results: Any, *, code: 
             "threads": torch.get_num_threads(),
             "machine": platform.machine(),
         },
-        "provenance": provenance(),
+        "provenance": provenance() if provenance_block == "this process" else provenance_block,
         "code": code_paths(sys._getframe(1).f_globals.get("__file__"), *code),
         "config": config,
         "results": results,

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).resolve().parents[1])]  # common.py; this deqkit
-from common import RESULTS, print_table, write_json  # noqa: E402
+from common import RESULTS, merged_provenance, print_table, write_json  # noqa: E402
 
 from deqkit.backward import IFT, Neumann  # noqa: E402
 from deqkit.diagnostics import saved_tensor_bytes  # noqa: E402
@@ -176,8 +176,10 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     results: dict[str, Any] = {}
-    if args.json.exists():  # parts run separately accumulate in one file
-        results = json.loads(args.json.read_text()).get("results", {})
+    previous = json.loads(args.json.read_text()) if args.json.exists() else None
+    if previous is not None:  # parts run separately accumulate in one file
+        results = previous.get("results", {})
+    kept = [part for part in results if part not in args.parts]
     if "curves" in args.parts:
         results["curves"] = curves(args.runs)
     if "backward" in args.parts:
@@ -185,7 +187,8 @@ def main() -> None:
     if "cosine" in args.parts:
         results["cosine"] = cosines(args.runs, args.cosine_batches)
     write_json(args.json, "set_prediction", {"parts": args.parts, "quick": args.quick,
-                                             "runs": [str(r) for r in args.runs]}, results)
+                                             "runs": [str(r) for r in args.runs]}, results,
+               provenance_block=merged_provenance(previous, kept))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import importlib.util
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,11 @@ from torch import nn
 from deqkit.data import render_batch
 from deqkit.diagnostics import saved_tensor_bytes
 from deqkit.plots import save_curves
-from deqkit.provenance import provenance
 from deqkit.train import load_application
 from deqkit.train.trainer import lr_factor, seed_everything
+
+sys.path[:0] = [str(Path(__file__).parent)]  # common.py
+from common import merged_provenance  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = load_application(ROOT / "applications" / "slot_attention")
@@ -306,15 +309,16 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}; choose from {sorted(parts)}")
     report: dict[str, Any] = {"quick": args.quick, "threads": args.threads, "torch": torch.__version__,
-                              "machine": platform.processor() or platform.machine(),
-                              "provenance": provenance()}  # of the last invocation: parts not rerun keep theirs
+                              "machine": platform.processor() or platform.machine()}
     path = Path(args.json)
-    if path.exists():  # keep the parts not rerun
-        report = {**json.loads(path.read_text()), **report}
+    done: list[str] = []
     for name in chosen:
-        report[name] = parts[name](args)
-        if path.exists():  # another invocation may have written other parts meanwhile
-            report = {**json.loads(path.read_text()), **report}
+        value = parts[name](args)
+        done.append(name)
+        previous = json.loads(path.read_text()) if path.exists() else None  # parts not rerun are kept
+        report = {**(previous or {}), **report, name: value}
+        # the file is as old as its oldest part: while one is kept from earlier, it keeps the earlier block
+        report["provenance"] = merged_provenance(previous, [p for p in parts if p in report and p not in done])
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=1))
     print(f"wrote {path}")

@@ -86,9 +86,11 @@ def test_slot_attention_benchmark_merges_runs_and_shows_flat_implicit_memory(tmp
         assert proc.returncode == 0, proc.stderr[-2000:]
         return json.loads(out.read_text())
 
-    run("--parts", "curves,backward", "--iters", "1")
+    first = run("--parts", "curves,backward", "--iters", "1")
     run("--parts", "curves", "--iters", "3", "--methods", "vanilla")
     report = run("--parts", "curves", "--iters", "3", "--methods", "implicit")
+    # the backward part is kept from the first invocation, so the file keeps that invocation's provenance
+    assert isinstance(first["provenance"], dict) and report["provenance"] == first["provenance"]
     runs = report["curves"]["runs"]
     assert {"vanilla/T=1/seed=0", "implicit/T=1/seed=0", "vanilla/T=3/seed=0", "implicit/T=3/seed=0"} <= set(runs)
     for curve in runs.values():
@@ -98,6 +100,17 @@ def test_slot_attention_benchmark_merges_runs_and_shows_flat_implicit_memory(tmp
     assert rows[("vanilla", 7)]["slot_attention_saved_mb"] > rows[("vanilla", 1)]["slot_attention_saved_mb"]
     assert rows[("implicit", 7)]["slot_attention_saved_mb"] == rows[("implicit", 1)]["slot_attention_saved_mb"]
     assert (tmp_path / "slot_attention_fg_ari_vs_step.png").exists()
+    out.write_text(json.dumps({**report, "provenance": None}))  # a part measured before provenance existed
+    assert run("--parts", "curves", "--iters", "1")["provenance"] is None
+
+
+def test_a_results_file_is_as_old_as_its_oldest_part():
+    from benchmarks.common import merged_provenance
+
+    old = {"provenance": {"commit": "abc", "dirty": False}}
+    assert merged_provenance(old, ["curves"]) == old["provenance"]
+    assert merged_provenance({"provenance": None}, ["curves"]) is None and merged_provenance(None, ["x"]) is None
+    assert merged_provenance(old, [])["time"]  # every part rerun: this process's block
 
 
 def test_python_m_benchmarks_quick_writes_results_plots_and_the_target_summary(tmp_path):
