@@ -26,6 +26,8 @@ from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.common import mean_sd
+from benchmarks.score_runs import seed_groups
 from deqkit.data import render_batch
 from deqkit.metrics import (fg_ari, jacobian_ari, jacobian_interaction_score, jacobian_masks,
                             reconstruction_mse, slot_jacobian_norms)
@@ -130,6 +132,15 @@ def save_picture(path: Path, names: list[str], results: dict[str, dict[str, Any]
     canvas.save(path)
 
 
+GROUP_METRICS = ("fg_ari", "fixed_partition_fg_ari", "j_ari", "jis", "mse")
+
+
+def seed_group_stats(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean ± sd of each metric over the seeds of a configuration (runs named NAME, NAME-s1, NAME-s2, ...)."""
+    return {group: {"runs": names, **{m: mean_sd([results[n][m] for n in names]) for m in GROUP_METRICS}}
+            for group, names in seed_groups(results).items()}
+
+
 def compare(args: argparse.Namespace) -> None:
     runs = dict(item.split("=", 1) for item in args.runs)
     restored = {name: restore(Path(d) / "checkpoints" / "last.safetensors") for name, d in runs.items()}
@@ -158,7 +169,8 @@ def compare(args: argparse.Namespace) -> None:
                "threads": torch.get_num_threads(), "data": str(data[0]), "provenance": provenance(),
                "code": ["applications/interaction_asymmetry", "applications/slot_attention",
                         "benchmarks/interaction_asymmetry.py", "deqkit"],
-               "results": {n: {k: v for k, v in m.items() if not k.startswith("_")} for n, m in results.items()}}
+               "results": {n: {k: v for k, v in m.items() if not k.startswith("_")} for n, m in results.items()},
+               "groups": seed_group_stats(results)}
     Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.json} and {args.plot}")
 

@@ -125,11 +125,16 @@ def test_benchmark_scores_both_applications_on_the_same_images(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "interaction_asymmetry.py"), "--runs", f"ia={tmp_path / 'ia'}",
-         f"implicit={tmp_path / 'sa'}", "--images", "8", "--jacobian-images", "2", "--json", str(tmp_path / "b.json"),
+         f"implicit={tmp_path / 'sa'}", f"implicit-s1={tmp_path / 'sa'}", "--images", "8", "--jacobian-images", "2", "--json", str(tmp_path / "b.json"),
          "--plot", str(tmp_path / "b.png")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    results = json.loads((tmp_path / "b.json").read_text())["results"]
-    assert set(results) == {"ia", "implicit"}
+    written = json.loads((tmp_path / "b.json").read_text())
+    results = written["results"]
+    assert set(results) == {"ia", "implicit", "implicit-s1"}
+    # runs named NAME and NAME-sK are the seeds of one configuration: their mean and sd
+    group = written["groups"]["implicit"]
+    assert group["runs"] == ["implicit", "implicit-s1"]
+    assert group["fg_ari"]["values"] == [results["implicit"]["fg_ari"], results["implicit-s1"]["fg_ari"]]
     for row in results.values():
         assert row["reverse_mode_agrees"] and row["steps"] == 6
         assert {"fg_ari", "j_ari", "jis", "mse", "jacobian_forward_s_per_image"} <= set(row)
