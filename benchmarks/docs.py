@@ -262,24 +262,55 @@ def _git(args: list[str], root: Path) -> subprocess.CompletedProcess | None:
 
 
 def freshness(results: dict, root: Path) -> tuple[str, str]:
-    """``(status, detail)`` of a results file's provenance against the last change of the code it measures."""
-    block = results.get("provenance") if isinstance(results, dict) else None
+    """``(status, detail)`` of a results file's provenance against the last change of the code it measures.
+
+    A file of scores also dates the training that made the weights (``trained_by`` of ``deqkit eval`` /
+    ``diagnose`` reports, each run's ``provenance`` in ``benchmarks/score_runs.py`` files): the worse of the
+    scoring's and the trainings' statuses counts, since a change of the code under either can move the number.
+    """
+    code = (results.get("code") if isinstance(results, dict) else None) or list(DEFAULT_CODE)
+    found = [_block_status(results.get("provenance") if isinstance(results, dict) else None, code, root, "measured")]
+    found += [_block_status(block, code, root, f"{name} trained") for name, block in training_blocks(results)]
+    status, detail = min(found, key=lambda f: SEVERITY.index(f[0]))
+    if status == found[0][0]:
+        return found[0]
+    return status, f"{found[0][1]}; {detail}"
+
+
+SEVERITY = ("no provenance", "unknown commit", "stale", "dirty", "ok")
+
+
+def training_blocks(results: Any) -> list[tuple[str, Any]]:
+    """``(name, provenance block)`` of each training a results file scored (none for other files)."""
+    if not isinstance(results, dict):
+        return []
+    if "trained_by" in results:
+        return [("the checkpoint", results["trained_by"])]
+    runs = results.get("results", {}).get("runs") if isinstance(results.get("results"), dict) else None
+    if results.get("benchmark") == "score_runs" and isinstance(runs, dict):
+        return [(f"run {name}", run.get("provenance")) for name, run in runs.items() if isinstance(run, dict)]
+    return []
+
+
+def _block_status(block: Any, code: list[str], root: Path, what: str) -> tuple[str, str]:
     commit = block.get("commit") if isinstance(block, dict) else None
     if not commit:
-        return "no provenance", "no commit recorded (written before provenance existed, or outside a checkout)"
-    code = results.get("code") or list(DEFAULT_CODE)
+        return "no provenance", f"{what}: no commit recorded (written before provenance existed, or outside a checkout)"
     done = _git(["log", "-1", "--format=%H", "--", *code], root)
     last = done.stdout.strip() if done is not None and done.returncode == 0 else ""
     if not last:
-        return "unknown commit", f"measured at {commit[:12]}; git cannot tell when {', '.join(code)} last changed"
+        return "unknown commit", f"{what} at {commit[:12]}; git cannot tell when {', '.join(code)} last changed"
     ancestor = _git(["merge-base", "--is-ancestor", last, commit], root)
     if ancestor is None or ancestor.returncode not in (0, 1):
-        return "unknown commit", f"measured at {commit[:12]}, a commit this clone does not hold"
+        return "unknown commit", f"{what} at {commit[:12]}, a commit this clone does not hold"
     if ancestor.returncode == 1:
-        return "stale", f"measured at {commit[:12]}, code changed since (in {last[:12]})"
+        changed = _git(["diff", "--name-only", commit, last, "--", *code], root)
+        files = changed.stdout.split() if changed is not None and changed.returncode == 0 else []
+        shown = f": {', '.join(files[:3])}{' ...' if len(files) > 3 else ''}" if files else ""
+        return "stale", f"{what} at {commit[:12]}, code changed since (in {last[:12]}{shown})"
     if block.get("dirty"):
-        return "dirty", f"measured at {commit[:12]} with uncommitted changes"
-    return "ok", f"measured at {commit[:12]}"
+        return "dirty", f"{what} at {commit[:12]} with uncommitted changes"
+    return "ok", f"{what} at {commit[:12]}"
 
 
 # ------------------------------------------------------------------------------------------ check

@@ -136,9 +136,10 @@ GROUP_METRICS = ("fg_ari", "fixed_partition_fg_ari", "j_ari", "jis", "mse")
 
 
 def seed_group_stats(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Mean ± sd of each metric over the seeds of a configuration (runs named NAME, NAME-s1, NAME-s2, ...)."""
+    """Mean ± sd of each metric over the seeds of a configuration (runs named NAME, NAME-s1, NAME-s2, ...);
+    a configuration with one run has no spread and is left out."""
     return {group: {"runs": names, **{m: mean_sd([results[n][m] for n in names]) for m in GROUP_METRICS}}
-            for group, names in seed_groups(results).items()}
+            for group, names in seed_groups(results).items() if len(names) > 1}
 
 
 def compare(args: argparse.Namespace) -> None:

@@ -79,12 +79,12 @@ def test_slot_attention_benchmark_merges_runs_and_shows_flat_implicit_memory(tmp
     out = tmp_path / "slot_attention.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
-    def run(*args: str) -> dict:
+    def run(*args: str, into: Path = out) -> dict:
         proc = subprocess.run(
-            [sys.executable, str(ROOT / "benchmarks" / "slot_attention.py"), "--quick", "--json", str(out),
+            [sys.executable, str(ROOT / "benchmarks" / "slot_attention.py"), "--quick", "--json", str(into),
              "--plots", str(tmp_path), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        return json.loads(out.read_text())
+        return json.loads(into.read_text())
 
     first = run("--parts", "curves,backward", "--iters", "1")
     run("--parts", "curves", "--iters", "3", "--methods", "vanilla")
@@ -102,6 +102,10 @@ def test_slot_attention_benchmark_merges_runs_and_shows_flat_implicit_memory(tmp
     assert (tmp_path / "slot_attention_fg_ari_vs_step.png").exists()
     out.write_text(json.dumps({**report, "provenance": None}))  # a part measured before provenance existed
     assert run("--parts", "curves", "--iters", "1")["provenance"] is None
+    curves_only = tmp_path / "curves.json"  # a curve run kept from an earlier invocation keeps the file's date
+    one = run("--parts", "curves", "--iters", "1", "--methods", "implicit", into=curves_only)
+    two = run("--parts", "curves", "--iters", "1", "--methods", "vanilla", into=curves_only)
+    assert two["provenance"] == one["provenance"]
 
 
 def test_a_results_file_is_as_old_as_its_oldest_part():

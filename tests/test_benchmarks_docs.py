@@ -96,6 +96,30 @@ def test_code_changed_after_the_measurement_is_stale(repo, capsys):
     assert "1 stale" in capsys.readouterr().out
 
 
+def test_scores_of_weights_trained_before_a_code_change_are_stale(repo):
+    """A file of scores is as fresh as the older of its scoring and the training that made the weights."""
+    trained = git(repo, "rev-parse", "HEAD")
+    (repo / "deqkit" / "solver.py").write_text("STEPS = 2\n")
+    git(repo, "commit", "-qam", "code change")
+    scored = git(repo, "rev-parse", "HEAD")
+    (repo / "results").mkdir()
+    report = {"provenance": {"commit": scored}, "trained_by": {"commit": trained}, "metrics": {"acc": 0.5}}
+    (repo / "results" / "eval.json").write_text(json.dumps(report))
+    runs = {"benchmark": "score_runs", "provenance": {"commit": scored},
+            "results": {"runs": {"a": {"provenance": {"commit": scored}, "acc": 0.5},
+                                 "b": {"provenance": None, "acc": 0.5}}}}
+    (repo / "results" / "runs.json").write_text(json.dumps(runs))
+    (repo / "doc.md").write_text("0.5 <!-- results: results/eval.json#metrics.acc --> "
+                                 "0.5 <!-- results: results/runs.json#results.runs.a.acc -->\n")
+    eval_finding, runs_finding = check([repo / "doc.md"], repo)
+    assert eval_finding.status == "stale" and f"the checkpoint trained at {trained[:12]}" in eval_finding.detail
+    assert "deqkit/solver.py" in eval_finding.detail  # which files changed since
+    assert runs_finding.status == "no provenance" and "run b trained" in runs_finding.detail
+    report["trained_by"] = {"commit": scored}
+    (repo / "results" / "eval.json").write_text(json.dumps(report))
+    assert [f.status for f in check([repo / "doc.md"], repo)][0] == "ok"
+
+
 def test_results_without_provenance_or_measured_on_a_dirty_tree(repo):
     write_results(repo, "old.json", 0.8555, None)
     write_results(repo, "dirty.json", 0.8555, git(repo, "rev-parse", "HEAD"), dirty=True)

@@ -132,6 +132,7 @@ def test_benchmark_scores_both_applications_on_the_same_images(tmp_path):
     results = written["results"]
     assert set(results) == {"ia", "implicit", "implicit-s1"}
     # runs named NAME and NAME-sK are the seeds of one configuration: their mean and sd
+    assert set(written["groups"]) == {"implicit"}  # one run of the VAE: no spread, no group
     group = written["groups"]["implicit"]
     assert group["runs"] == ["implicit", "implicit-s1"]
     assert group["fg_ari"]["values"] == [results["implicit"]["fg_ari"], results["implicit-s1"]["fg_ari"]]

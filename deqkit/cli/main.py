@@ -268,20 +268,20 @@ def eval_(
     _warn_nonfinite(restored.path, restored.nonfinite)
     values = evaluate(restored.app, restored.model, restored.config, split, dev, limit=batches)
     report = {"app": restored.app.name, "step": restored.checkpoint.step, "split": split, "metrics": values,
-              **_provenance_keys(restored.path)}
+              **_provenance_keys(restored.checkpoint)}
     if _emit_json(report, json_, out, indent=None):
         return
     _stdout().print(key_value_table(f"{restored.app.name} @ step {restored.checkpoint.step}: {split}", values))
 
 
-def _provenance_keys(checkpoint: Optional[Path]) -> dict[str, Any]:
-    """``provenance`` of this process (the scoring) and ``trained_by``, the checkpoint's (``null`` without one)."""
+def _provenance_keys(checkpoint: Any = None) -> dict[str, Any]:
+    """``provenance`` of this process (the scoring) and, for a checkpoint, ``trained_by``: the block the writing
+    process stored in it (``null`` in older files; a resumed run's is its last segment's)."""
     from deqkit.provenance import provenance
-    from deqkit.train.checkpoint import stored_provenance
 
     keys: dict[str, Any] = {"provenance": provenance()}
     if checkpoint is not None:
-        keys["trained_by"] = stored_provenance(checkpoint)
+        keys["trained_by"] = checkpoint.provenance
     return keys
 
 
@@ -382,7 +382,8 @@ def _diagnose_checkpoint(checkpoint: Optional[Path], batches: int, split: Option
     _refuse(given, "a checkpoint (they go with --model)")
     restored = restore(checkpoint, dev, sets, app=app_spec)
     _warn_nonfinite(restored.path, restored.nonfinite)
-    report = {**run_diagnose(restored, batches=batches, split=split, device=dev), **_provenance_keys(restored.path)}
+    report = {**run_diagnose(restored, batches=batches, split=split, device=dev),
+              **_provenance_keys(restored.checkpoint)}
     title = f"{restored.app.name} @ step {report['step']}: {report['split']} ({report['samples']} samples)"
     return report, title, restored.path.parent.parent / "metrics.jsonl"
 
@@ -410,7 +411,7 @@ def _diagnose_model(checkpoint: Optional[Path], spec: str, weights: Optional[Pat
     loaded = [to_device(load_batch(path), dev) for path in batch_files]
     report = {"model": spec, "weights": str(weights) if weights is not None else None,
               "batch_files": [str(p) for p in batch_files], **diagnose_batches(model, loaded, loss_fn),
-              **_provenance_keys(None)}
+              **_provenance_keys()}
     return report, f"{spec}: {report['batches']} batch(es), {report['samples']} samples", None
 
 

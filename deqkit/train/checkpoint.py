@@ -59,6 +59,7 @@ class Checkpoint:
     rng: dict[str, Any] | None = None
     state: dict[str, Any] = field(default_factory=dict)  # trainer counters, data position
     version: str = "unknown"
+    provenance: dict[str, Any] | None = None  # of the process that wrote the file (None in older files)
 
 
 # ------------------------------------------------------------------------------------------------ RNG
@@ -227,11 +228,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     return meta
 
 
-def stored_provenance(path: str | Path) -> dict[str, Any] | None:
-    """The provenance block of the process that wrote the checkpoint (``None`` for files written before
-    checkpoints had one, or a block that is not a JSON object)."""
+def _provenance_block(meta: dict[str, str]) -> dict[str, Any] | None:
+    """The stored provenance block (``None`` for files written before checkpoints had one, or a bad block)."""
     try:
-        block = json.loads(read_metadata(path).get("provenance", "null"))
+        block = json.loads(meta.get("provenance", "null"))
     except json.JSONDecodeError:
         return None
     return block if isinstance(block, dict) else None
@@ -280,4 +280,4 @@ def load_checkpoint(path: str | os.PathLike, *, app: str | None = None) -> Check
     model = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     return Checkpoint(app=meta.get("app", ""), app_path=meta.get("app_path") or None, step=step,
                       config=config, model=model, optimizer=optimizer, scheduler=scheduler, rng=rng,
-                      state=state, version=meta.get("deqkit_version", "unknown"))
+                      state=state, version=meta.get("deqkit_version", "unknown"), provenance=_provenance_block(meta))

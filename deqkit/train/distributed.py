@@ -86,7 +86,7 @@ def shutdown(d: Dist) -> None:
 
 # Words gloo/NCCL put in the RuntimeErrors they raise when a peer is gone (seen: "Connection closed by peer",
 # "Timed out waiting ...", "Application timeout caused pair closure" when the peer is stopped mid-backward).
-_BACKEND_MARKS = ("gloo", "nccl", "timed out", "timeout", "connection closed", "connection reset", "pair closure")
+_BACKEND_MARKS = ("gloo", "nccl", "timed out", "connection closed", "connection reset", "pair closure")
 
 
 def is_collective_failure(err: BaseException) -> bool:
