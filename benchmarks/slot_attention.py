@@ -113,7 +113,9 @@ def part_curves(args: argparse.Namespace) -> dict[str, Any]:
     path = Path(args.json)
     previous = json.loads(path.read_text()).get("curves", {}) if path.exists() else {}
     if all(previous.get(k) == results[k] for k in ("steps", "seeds", "image_size")):
+        kept = sorted(set(previous.get("runs", {})) - set(results["runs"]))
         results["runs"] = {**previous.get("runs", {}), **results["runs"]}
+        results["runs_kept_from_earlier"] = kept  # measured by an earlier invocation: the file keeps its date
     done = tuple(sorted(i for i in {_iters_of(k) for k in results["runs"]}  # both gradients, every seed
                         if all(f"{n}/T={i}/seed={s}" in results["runs"] for n in METHODS for s in seeds)))
     print_curve_table(results, done, seeds)
@@ -308,17 +310,19 @@ def main() -> None:
     unknown = set(chosen) - set(parts)
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}; choose from {sorted(parts)}")
-    report: dict[str, Any] = {"quick": args.quick, "threads": args.threads, "torch": torch.__version__,
-                              "machine": platform.processor() or platform.machine()}
+    meta: dict[str, Any] = {"quick": args.quick, "threads": args.threads, "torch": torch.__version__,
+                            "machine": platform.processor() or platform.machine()}
     path = Path(args.json)
-    done: list[str] = []
+    own: dict[str, Any] = {}  # the parts this invocation measured
     for name in chosen:
-        value = parts[name](args)
-        done.append(name)
+        own[name] = parts[name](args)
         previous = json.loads(path.read_text()) if path.exists() else None  # parts not rerun are kept
-        report = {**(previous or {}), **report, name: value}
-        # the file is as old as its oldest part: while one is kept from earlier, it keeps the earlier block
-        report["provenance"] = merged_provenance(previous, [p for p in parts if p in report and p not in done])
+        report = {**(previous or {}), **meta, **own}
+        # the file is as old as its oldest part: while one (or one curve run) is kept from earlier, it keeps
+        # the earlier block
+        kept = [p for p in parts if p in report
+                and (p not in own or isinstance(own[p], dict) and own[p].get("runs_kept_from_earlier"))]
+        report["provenance"] = merged_provenance(previous, kept)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=1))
     print(f"wrote {path}")
