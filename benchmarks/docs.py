@@ -22,8 +22,9 @@ For every marker the check (a) reads the file and the value at PATH and verifies
 just before the marker equals it to the printed precision (``0.86`` matches 0.8555; ``scale`` multiplies the
 value first); (b) verifies that the file carries a ``provenance`` block whose commit is not older than the
 last commit touching the code it measures (the file's ``code`` list, else deqkit/, applications/, examples/
-and benchmarks/ but not benchmarks/results/). Missing files, paths and differing values are errors; stale,
-dirty and no-provenance results are reported, and are errors with ``--strict``.
+and benchmarks/ but not benchmarks/results/), and so do the trainings a file of scores names. Missing
+files, paths and differing values are errors; stale, dirty and no-provenance results are reported, and are
+errors with ``--strict``.
 """
 
 from __future__ import annotations
@@ -270,7 +271,8 @@ def freshness(results: dict, root: Path) -> tuple[str, str]:
     """
     code = (results.get("code") if isinstance(results, dict) else None) or list(DEFAULT_CODE)
     found = [_block_status(results.get("provenance") if isinstance(results, dict) else None, code, root, "measured")]
-    found += [_block_status(block, code, root, f"{name} trained") for name, block in training_blocks(results)]
+    trained_code = [c for c in code if not c.startswith("benchmarks")] or code  # a training runs no benchmark code
+    found += [_block_status(block, trained_code, root, f"{name} trained") for name, block in training_blocks(results)]
     status, detail = min(found, key=lambda f: SEVERITY.index(f[0]))
     if status == found[0][0]:
         return found[0]
