@@ -188,7 +188,7 @@ def main() -> None:
         results["cosine"] = cosines(args.runs, args.cosine_batches)
     write_json(args.json, "set_prediction", {"parts": args.parts, "quick": args.quick,
                                              "runs": [str(r) for r in args.runs]}, results,
-               provenance_block=merged_provenance(previous, kept))
+               code=["applications/set_prediction"], provenance_block=merged_provenance(previous, kept))
 
 
 if __name__ == "__main__":

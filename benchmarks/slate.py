@@ -261,7 +261,8 @@ def main() -> None:
     if args.part == "figure":
         return
     suffix = args.name if args.part == "report" else args.part
-    write_json(args.json or RESULTS / f"slate_{suffix}.json", "slate", vars(args) | {"json": None}, results)
+    write_json(args.json or RESULTS / f"slate_{suffix}.json", "slate", vars(args) | {"json": None}, results,
+               code=["applications/slate"])
 
 
 if __name__ == "__main__":

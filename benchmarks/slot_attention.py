@@ -38,7 +38,7 @@ from deqkit.train import load_application
 from deqkit.train.trainer import lr_factor, seed_everything
 
 sys.path[:0] = [str(Path(__file__).parent)]  # common.py
-from common import merged_provenance  # noqa: E402
+from common import code_paths, merged_provenance  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = load_application(ROOT / "applications" / "slot_attention")
@@ -311,7 +311,8 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}; choose from {sorted(parts)}")
     meta: dict[str, Any] = {"quick": args.quick, "threads": args.threads, "torch": torch.__version__,
-                            "machine": platform.processor() or platform.machine()}
+                            "machine": platform.processor() or platform.machine(),
+                            "code": code_paths(__file__, "applications/slot_attention")}
     path = Path(args.json)
     own: dict[str, Any] = {}  # the parts this invocation measured
     for name in chosen:

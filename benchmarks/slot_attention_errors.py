@@ -108,7 +108,11 @@ def main() -> None:
         Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "fg_ari": scores.mean().item(),
                                                "above_0.9": (scores > 0.9).float().mean().item(), "rows": rows,
                                                "gap": args.gap, "by_contact": by_contact,
-                                               "provenance": provenance()}, indent=1))
+                                               "provenance": provenance(),
+                                               "trained_by": restored.checkpoint.provenance,
+                                               "code": ["applications/slot_attention",
+                                                        "benchmarks/slot_attention_errors.py", "deqkit"]},
+                                              indent=1))
 
 
 if __name__ == "__main__":
