@@ -283,15 +283,17 @@ SEVERITY = ("no provenance", "unknown commit", "stale", "dirty", "ok")
 
 
 def training_blocks(results: Any) -> list[tuple[str, Any]]:
-    """``(name, provenance block)`` of each training a results file scored (none for other files)."""
+    """``(name, provenance block)`` of each training a results file scored (none for other files): the
+    ``trained_by`` of an eval/diagnose report or of each run of a comparison, a score_runs run's ``provenance``."""
     if not isinstance(results, dict):
         return []
     if "trained_by" in results:
         return [("the checkpoint", results["trained_by"])]
-    runs = results.get("results", {}).get("runs") if isinstance(results.get("results"), dict) else None
-    if results.get("benchmark") == "score_runs" and isinstance(runs, dict):
-        return [(f"run {name}", run.get("provenance")) for name, run in runs.items() if isinstance(run, dict)]
-    return []
+    inner = results.get("results") if isinstance(results.get("results"), dict) else {}
+    if results.get("benchmark") == "score_runs" and isinstance(inner.get("runs"), dict):
+        return [(f"run {name}", run.get("provenance")) for name, run in inner["runs"].items() if isinstance(run, dict)]
+    return [(f"run {name}", run["trained_by"]) for name, run in inner.items()  # interaction_asymmetry.py
+            if isinstance(run, dict) and "trained_by" in run]
 
 
 def _block_status(block: Any, code: list[str], root: Path, what: str) -> tuple[str, str]:

@@ -153,7 +153,8 @@ def compare(args: argparse.Namespace) -> None:
         r.model.eval()
         results[name] = score(r, data[0], args.images, args.jacobian_images, args.batch)
         run = last_record(Path(runs[name]))
-        results[name].update(app=r.app.name, run=runs[name], steps=run["steps"], train_seconds=run["train_seconds"],
+        results[name].update(app=r.app.name, run=runs[name], trained_by=r.checkpoint.provenance,
+                             steps=run["steps"], train_seconds=run["train_seconds"],
                              gradient=getattr(r.config, "backward", None), num_slots=r.config.num_slots)
     table = Table(title=f"test split, {args.images} images (J-ARI/JIS on {args.jacobian_images})")
     for col in ("model", "steps", "train min", "FG-ARI", "fixed FG-ARI", "J-ARI", "JIS", "MSE", "Jac fwd s/img",

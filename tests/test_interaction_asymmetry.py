@@ -138,5 +138,6 @@ def test_benchmark_scores_both_applications_on_the_same_images(tmp_path):
     assert group["fg_ari"]["values"] == [results["implicit"]["fg_ari"], results["implicit-s1"]["fg_ari"]]
     for row in results.values():
         assert row["reverse_mode_agrees"] and row["steps"] == 6
+        assert set(row["trained_by"]) >= {"commit", "versions"}  # the training's block, for the docs check
         assert {"fg_ari", "j_ari", "jis", "mse", "jacobian_forward_s_per_image"} <= set(row)
     assert (tmp_path / "b.png").stat().st_size > 0
