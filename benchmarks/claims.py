@@ -171,7 +171,7 @@ def memory_core(r: Results) -> Measured:
 
 def _sa_backward(key: str) -> Callable[[Results], Measured]:
     def measure(r: Results) -> Measured:
-        rows = r("slot_attention.json")["backward"]["rows"]
+        rows = r(SA_BACKWARD_FILE)["backward"]["rows"]
         pick = {m: [(x["iters"], x[key]) for x in rows if x["method"] == m] for m in ("vanilla", "implicit")}
         return grows_vs_flat(pick["vanilla"], pick["implicit"], "MB" if key.endswith("mb") else "s",
                              1 if key.endswith("mb") else 3)
@@ -189,7 +189,7 @@ def _slate_cost(key: str) -> Callable[[Results], Measured]:
 
 def _set_cost(key: str) -> Callable[[Results], Measured]:
     def measure(r: Results) -> Measured:
-        rows = [x for x in r("set_prediction.json")["results"]["backward"] if x["task"] == "properties"]
+        rows = [x for x in r(SET_BACKWARD_FILE)["results"]["backward"] if x["task"] == "properties"]
         pick = {b: [(x["iters"], x[key]) for x in rows if x["backward"] == b] for b in ("unrolled", "neumann")}
         return grows_vs_flat(pick["unrolled"], pick["neumann"], "MB" if key.endswith("mb") else "s",
                              1 if key.endswith("mb") else 3)
@@ -294,20 +294,22 @@ def _set_prediction(name: str, metric: str, favours: str, digits: int) -> Callab
     return measure
 
 
-def ia_vs_slot_attention(r: Results) -> Measured:
+def _ia_seeds(r: Results, group: str, metric: str = "fg_ari") -> list[float]:
+    """A configuration's metric over its seeds in interaction_asymmetry.json (runs NAME, NAME-s1, ...)."""
     res = r("interaction_asymmetry.json")["results"]
-    vae = mean_sd([res[k]["fg_ari"] for k in ("ia", "ia-s1", "ia-s2")])
-    fixed = mean_sd([res[k]["fixed_partition_fg_ari"] for k in ("ia", "ia-s1", "ia-s2")])
-    found = compare(vae["values"], [res["implicit"]["fg_ari"]], "higher", 3, ("VAE", "implicit slot attention"))
-    vanilla = mean_sd([res["vanilla"]["fg_ari"]])
+    return [res[name][metric] for name in seed_groups(res)[group]]
+
+
+def ia_vs_slot_attention(r: Results) -> Measured:
+    found = compare(_ia_seeds(r, "ia"), _ia_seeds(r, "implicit"), "higher", 3, ("VAE", "implicit slot attention"))
+    vanilla = mean_sd(_ia_seeds(r, "vanilla"))
+    fixed = mean_sd(_ia_seeds(r, "ia", "fixed_partition_fg_ari"))
     return Measured(f"FG-ARI: {found.deqkit}, vanilla slot attention {show(vanilla)}", found.verdict,
                     f"the VAE's masks are fixed image regions: one partition for every image scores {show(fixed)}")
 
 
 def ia_alpha(r: Results) -> Measured:
-    res = r("interaction_asymmetry.json")["results"]
-    return compare([res[k]["fg_ari"] for k in ("ia", "ia-s1", "ia-s2")], [res["ia-alpha0"]["fg_ari"]], "higher", 3,
-                   ("alpha=0.05", "alpha=0"))
+    return compare(_ia_seeds(r, "ia"), _ia_seeds(r, "ia-alpha0"), "higher", 3, ("alpha=0.05", "alpha=0"))
 
 
 def ia_attempts(r: Results) -> Measured:
@@ -384,7 +386,10 @@ IA_ATTEMPTS_FILE = "interaction_asymmetry_attempts.json"
 T2_STEPS = "--set train.steps=3000 --set train.image_every=3000"
 SLATE_RUNS = ("for s in 0 1 2; do deqkit train slate --set backward=neumann --set train.seed=$s --out runs/neumann-s$s; "
               "deqkit train slate --set backward=unrolled --set train.seed=$s --out runs/unrolled-s$s; done",
-              "PYTHONPATH=. python benchmarks/slate.py report runs/neumann-s* runs/unrolled-s* --name main")
+              "PYTHONPATH=. python benchmarks/slate.py report runs/neumann-s* runs/unrolled-s* --name main "
+              "--plots docs",
+              "PYTHONPATH=. python benchmarks/score_runs.py runs/neumann-s* runs/unrolled-s* "
+              f"--json {RESULTS}/slate_main_test.json  # all 1000 test images")
 SLATE_SHORT = ("S='--set train.steps=3000 --set tau_steps=1500 --set train.eval_every=1500 --set train.ckpt_every=1500 "
                "--set train.image_every=1500 --set train.log_every=25'; for b in neumann unrolled; do for i in 1 3 7; "
                "do deqkit train slate $S --set backward=$b --set iters=$i --out runs/short-$b-iters$i; done; "
@@ -395,6 +400,12 @@ SLATE_GPU = ("deqkit train slate --preset paper --out runs/slate-paper  # vanill
              "deqkit train slate --preset paper_implicit --out runs/slate-paper-implicit")
 SA_GPU = ("for b in neumann unrolled; do deqkit train slot_attention --preset paper --set backward=$b "
           "--out runs/sa-paper-$b; done",)
+SA_BACKWARD_FILE = "slot_attention_backward.json"  # apart from slot_attention.json, whose trainings are older
+SA_BACKWARD_CMDS = ("PYTHONPATH=. python benchmarks/slot_attention.py --parts backward "
+                    f"--json {RESULTS}/{SA_BACKWARD_FILE}",)
+SET_BACKWARD_FILE = "set_prediction_backward.json"
+SET_BACKWARD_CMDS = ("PYTHONPATH=. python benchmarks/set_prediction.py --parts backward "
+                     f"--json {RESULTS}/{SET_BACKWARD_FILE}",)
 SET_CMDS = ("python -m deqkit train applications/set_prediction --preset cpu --set train.steps=4000 "
             "--set train.eval_every=500 --set train.ckpt_every=1000 --set test_iters=none [--set backward=unrolled] "
             "--out runs/props_{neumann,unrolled}",
@@ -406,7 +417,7 @@ SET_PROPS_CMDS = ("for b in neumann unrolled; do for s in 0 1 2; do deqkit train
                   "--set train.steps=4000 --set train.eval_every=500 --set train.ckpt_every=1000 --set test_iters=none "
                   "--set backward=$b --out runs/props/props_${b}_s$s; done; done",
                   f"PYTHONPATH=. python benchmarks/score_runs.py runs/props/* --json {RESULTS}/{SET_PROPS_FILE}")
-IA_CMDS = ("the seven runs and `benchmarks/interaction_asymmetry.py --runs ...` listed under Reproduce in "
+IA_CMDS = ("the eleven runs and `benchmarks/interaction_asymmetry.py --runs ...` listed under Reproduce in "
            "docs/interaction_asymmetry.md",)
 SA_CURVES = "PYTHONPATH=. python benchmarks/slot_attention.py --parts curves"
 SA_64 = ("PYTHONPATH=. python benchmarks/slot_attention.py --parts curves --full-size --iters 5 --steps 4000 "
@@ -428,21 +439,17 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("T1-core", "Chang et al., Table 1", "backward memory vs iterations, tanh DEQ (batch 64, width 256)", PAPER_T1,
           ("memory.json",), memory_core, ("PYTHONPATH=. python benchmarks/memory.py",)),
     Claim("T1-sa-mem", "Chang et al., Table 1", "slot attention: MB saved for backward vs iterations", PAPER_T1,
-          ("slot_attention.json",), _sa_backward("slot_attention_saved_mb"),
-          ("PYTHONPATH=. python benchmarks/slot_attention.py --parts backward",)),
+          (SA_BACKWARD_FILE,), _sa_backward("slot_attention_saved_mb"), SA_BACKWARD_CMDS),
     Claim("T1-sa-time", "Chang et al., Table 1", "slot attention autoencoder: backward seconds vs iterations", PAPER_T1,
-          ("slot_attention.json",), _sa_backward("backward_s"),
-          ("PYTHONPATH=. python benchmarks/slot_attention.py --parts backward",)),
+          (SA_BACKWARD_FILE,), _sa_backward("backward_s"), SA_BACKWARD_CMDS),
     Claim("T1-slate-mem", "Chang et al., Table 1", "SLATE cpu: slot attention MB saved for backward", PAPER_T1,
           ("slate_cost.json",), _slate_cost("slot_attention_saved_mb"), ("PYTHONPATH=. python benchmarks/slate.py cost",)),
     Claim("T1-slate-time", "Chang et al., Table 1", "SLATE cpu: whole-step backward seconds", PAPER_T1,
           ("slate_cost.json",), _slate_cost("backward_s"), ("PYTHONPATH=. python benchmarks/slate.py cost",)),
     Claim("T1-set-mem", "Chang et al., Table 1", "set prediction (slot attention decoder): MB saved for backward",
-          PAPER_T1, ("set_prediction.json",), _set_cost("saved_mb"),
-          ("PYTHONPATH=. python benchmarks/set_prediction.py --parts backward",)),
+          PAPER_T1, (SET_BACKWARD_FILE,), _set_cost("saved_mb"), SET_BACKWARD_CMDS),
     Claim("T1-set-time", "Chang et al., Table 1", "set prediction (slot attention decoder): backward seconds",
-          PAPER_T1, ("set_prediction.json",), _set_cost("backward_s"),
-          ("PYTHONPATH=. python benchmarks/set_prediction.py --parts backward",)),
+          PAPER_T1, (SET_BACKWARD_FILE,), _set_cost("backward_s"), SET_BACKWARD_CMDS),
     Claim("T2", "Chang et al., Table 2 / Figure 3",
           "slot attention cpu preset at 3000 steps (3 seeds each): forward by iteration (5 updates) or Broyden (at "
           "most 7 iterations, tol 1e-3) × backward by Broyden-solved IFT (at most 7 adjoint iterations) or "
