@@ -125,7 +125,8 @@ def test_benchmark_scores_both_applications_on_the_same_images(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "interaction_asymmetry.py"), "--runs", f"ia={tmp_path / 'ia'}",
-         f"implicit={tmp_path / 'sa'}", f"implicit-s1={tmp_path / 'sa'}", "--images", "8", "--jacobian-images", "2", "--json", str(tmp_path / "b.json"),
+         f"implicit={tmp_path / 'sa'}", f"implicit-s1={tmp_path / 'sa'}", "--images", "8", "--jacobian-images", "2",
+         "--json", str(tmp_path / "b.json"),
          "--plot", str(tmp_path / "b.png")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     written = json.loads((tmp_path / "b.json").read_text())
