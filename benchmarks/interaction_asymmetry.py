@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -76,7 +77,10 @@ def score(restored: Any, data: Any, images: int, jacobian_images: int, batch: in
         b = render_batch(data, "test", list(range(jacobian_images)))
         out, decode, latents = model_parts(restored, b["image"])
         started = time.perf_counter()
-        norms = slot_jacobian_norms(decode, latents, chunk_size=32)
+        # one image at a time: 32 directions of all 16 images at once held the decoder's activations of
+        # 512 images and took more than 23 GB on the VAE
+        norms = torch.cat([slot_jacobian_norms(decode, latents[i:i + 1], chunk_size=32)
+                           for i in range(latents.shape[0])])
         forward_s = (time.perf_counter() - started) / jacobian_images
     one = latents[:1].detach()
     started = time.perf_counter()
@@ -169,6 +173,7 @@ def compare(args: argparse.Namespace) -> None:
     save_picture(Path(args.plot), list(results), results, rows=min(6, args.jacobian_images))
     payload = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
                "threads": torch.get_num_threads(), "data": str(data[0]), "provenance": provenance(),
+               "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
                "code": ["applications/interaction_asymmetry", "applications/slot_attention",
                         "benchmarks/interaction_asymmetry.py", "deqkit"],
                "results": {n: {k: v for k, v in m.items() if not k.startswith("_")} for n, m in results.items()},

@@ -52,6 +52,21 @@ def seed_groups(names: Any) -> dict[str, list[str]]:
     return groups
 
 
+def scored_metrics(records: Any, common: bool = False) -> list[str]:
+    """The metric names of the runs' as-trained scores in first-seen order: all of them, or with ``common``
+    only those every run has (runs of different applications or presets report different metrics)."""
+    scores = [r["scores"]["as_trained"] for r in records]
+    names = list(dict.fromkeys(m for s in scores for m in s if m != "samples"))
+    return [m for m in names if all(m in s for s in scores)] if common else names
+
+
+def summarise(runs: dict[str, Any], members: list[str], variants: list[str]) -> dict[str, dict[str, Any]]:
+    """Mean ± sd over ``members`` of each metric they all report, per variant."""
+    metrics = scored_metrics([runs[m] for m in members], common=True)
+    return {name: {m: mean_sd([runs[run]["scores"][name][m] for run in members]) for m in metrics}
+            for name in variants}
+
+
 def parse_variant(text: str) -> tuple[str, list[str]]:
     """``name:key=value,key=value`` → (name, [key=value, ...])."""
     name, _, sets = text.partition(":")
@@ -76,13 +91,12 @@ def main() -> None:
         record = training_record(run)
         record["scores"] = {name: score(run, args.split, sets, args.batches) for name, sets in variants}
         runs[run.name] = record
-    metrics = [m for m in next(iter(runs.values()))["scores"]["as_trained"] if m != "samples"]
-    summary = {name: {m: mean_sd([r["scores"][name][m] for r in runs.values()]) for m in metrics}
-               for name, _ in variants}
-    groups = {group: {name: {m: mean_sd([runs[run]["scores"][name][m] for run in members]) for m in metrics}
-                      for name, _ in variants} for group, members in seed_groups(runs).items()}
+    metrics = scored_metrics(runs.values())
+    summary = summarise(runs, list(runs), [name for name, _ in variants])
+    groups = {group: summarise(runs, members, [name for name, _ in variants])
+              for group, members in seed_groups(runs).items()}
     print_table(f"{args.split} split", ["run", "variant", *metrics],
-                [[run, name, *(r["scores"][name][m] for m in metrics)] for run, r in runs.items() for name, _ in variants])
+                [[run, name, *(r["scores"][name].get(m, "-") for m in metrics)] for run, r in runs.items() for name, _ in variants])
     apps = sorted({r["app"] for r in runs.values()})
     write_json(args.json, "score_runs", {"split": args.split, "batches": args.batches,
                                          "variants": dict(variants), "runs": [str(r) for r in args.runs]},

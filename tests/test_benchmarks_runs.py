@@ -66,3 +66,16 @@ def test_score_runs_groups_runs_by_the_name_before_their_seed_suffix():
     assert seed_groups(["IN_s0", "VN_s0", "IN_s12", "neumann-s1", "sa_small", "sa_s"]) == {
         "IN": ["IN_s0", "IN_s12"], "VN": ["VN_s0"], "neumann": ["neumann-s1"], "sa_small": ["sa_small"],
         "sa_s": ["sa_s"]}
+
+
+def test_score_runs_summarises_runs_of_different_metrics_over_the_metrics_they_share():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.score_runs import scored_metrics, summarise
+
+    runs = {"sets_s0": {"scores": {"as_trained": {"loss": 1.0, "samples": 8}}},
+            "sets_s1": {"scores": {"as_trained": {"loss": 3.0, "samples": 8}}},
+            "props_s0": {"scores": {"as_trained": {"ap_inf": 0.5, "samples": 8}}}}
+    assert scored_metrics(runs.values()) == ["loss", "ap_inf"]
+    assert summarise(runs, list(runs), ["as_trained"]) == {"as_trained": {}}
+    group = summarise(runs, ["sets_s0", "sets_s1"], ["as_trained"])["as_trained"]
+    assert list(group) == ["loss"] and group["loss"]["mean"] == 2.0
