@@ -114,7 +114,7 @@ def test_bad_config_on_the_command_line_is_one_line(tmp_path):
 
 def test_benchmark_scores_both_applications_on_the_same_images(tmp_path):
     """The comparison script, on smoke runs of this app and of slot attention (same smoke data): table, JSON
-    with every metric, the forward-mode Jacobian agreeing with the reverse-mode one, and the picture."""
+    with every metric, the forward-mode Jacobian agreeing with central differences, and the picture."""
     import os
     import subprocess
     import sys
@@ -138,7 +138,7 @@ def test_benchmark_scores_both_applications_on_the_same_images(tmp_path):
     assert group["runs"] == ["implicit", "implicit-s1"]
     assert group["fg_ari"]["values"] == [results["implicit"]["fg_ari"], results["implicit-s1"]["fg_ari"]]
     for row in results.values():
-        assert row["reverse_mode_agrees"] and row["steps"] == 6
+        assert row["finite_difference_agrees"] and row["steps"] == 6
         assert set(row["trained_by"]) >= {"commit", "versions"}  # the training's block, for the docs check
         assert {"fg_ari", "j_ari", "jis", "mse", "jacobian_forward_s_per_image"} <= set(row)
     assert (tmp_path / "b.png").stat().st_size > 0
