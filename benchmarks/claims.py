@@ -268,14 +268,6 @@ def _long(metric: str, favours: str, digits: int) -> Callable[[Results], Measure
     return measure
 
 
-def _slate_group(metric: str, favours: str, digits: int) -> Callable[[Results], Measured]:
-    def measure(r: Results) -> Measured:
-        runs = r("slate_main.json")["results"]["runs"].values()
-        values = {b: [x["test"][metric] for x in runs if x["backward"] == b] for b in ("neumann", "unrolled")}
-        return compare(values["neumann"], values["unrolled"], favours, digits)
-    return measure
-
-
 def _slate_gpt(metric: str, favours: str, digits: int) -> Callable[[Results], Measured]:
     def measure(r: Results) -> Measured:
         runs = r("slate_gpt_main.json")["results"]["runs"]
@@ -283,14 +275,6 @@ def _slate_gpt(metric: str, favours: str, digits: int) -> Callable[[Results], Me
                         [runs["cpu-unrolled-gaussian-s0"]["test"][metric]], favours, digits)
         return Measured(found.deqkit, found.verdict, "the image-GPT decoder ignored the slots at this budget "
                         "(docs/slate.md): both reconstruct an all-black image")
-    return measure
-
-
-def _set_prediction(name: str, metric: str, favours: str, digits: int) -> Callable[[Results], Measured]:
-    def measure(r: Results) -> Measured:
-        runs = r("set_prediction_test.json")["runs"]
-        return compare([runs[f"{name}_neumann_s0"]["test"][metric]], [runs[f"{name}_unrolled_s0"]["test"][metric]],
-                       favours, digits)
     return measure
 
 
@@ -386,7 +370,10 @@ IA_ATTEMPTS_FILE = "interaction_asymmetry_attempts.json"
 T2_STEPS = "--set train.steps=3000 --set train.image_every=3000"
 SLATE_RUNS = ("for s in 0 1 2; do deqkit train slate --set backward=neumann --set train.seed=$s --out runs/neumann-s$s; "
               "deqkit train slate --set backward=unrolled --set train.seed=$s --out runs/unrolled-s$s; done",
-              "PYTHONPATH=. python benchmarks/slate.py report runs/neumann-s* runs/unrolled-s* --name main")
+              "PYTHONPATH=. python benchmarks/slate.py report runs/neumann-s* runs/unrolled-s* --name main",
+              "PYTHONPATH=. python benchmarks/score_runs.py runs/neumann-s* runs/unrolled-s* "
+              f"--json {RESULTS}/slate_main_test.json")
+SLATE_TEST_FILE = "slate_main_test.json"  # all 1000 test images; slate_main.json scores the first 128
 SLATE_SHORT = ("S='--set train.steps=3000 --set tau_steps=1500 --set train.eval_every=1500 --set train.ckpt_every=1500 "
                "--set train.image_every=1500 --set train.log_every=25'; for b in neumann unrolled; do for i in 1 3 7; "
                "do deqkit train slate $S --set backward=$b --set iters=$i --out runs/short-$b-iters$i; done; "
@@ -403,19 +390,18 @@ SA_BACKWARD_CMDS = ("PYTHONPATH=. python benchmarks/slot_attention.py --parts ba
 SET_BACKWARD_FILE = "set_prediction_backward.json"
 SET_BACKWARD_CMDS = ("PYTHONPATH=. python benchmarks/set_prediction.py --parts backward "
                      f"--json {RESULTS}/{SET_BACKWARD_FILE}",)
-SET_CMDS = ("python -m deqkit train applications/set_prediction --preset cpu --set train.steps=4000 "
-            "--set train.eval_every=500 --set train.ckpt_every=1000 --set test_iters=none [--set backward=unrolled] "
-            "--out runs/props_{neumann,unrolled}",
-            "python -m deqkit train applications/set_prediction --preset cpu_sets_8x8 --set share_encoder=false "
-            "[--set backward=unrolled] --out runs/sets88_{neumann,unrolled}",
-            "python -m deqkit eval runs/RUN/checkpoints/last.safetensors --json  # into set_prediction_test.json")
+SETS_FILE = "set_prediction_sets88_seeds.json"
+SETS_CMDS = ("for b in neumann unrolled; do for s in 0 1 2; do deqkit train set_prediction --preset cpu_sets_8x8 "
+             "--set backward=$b --seed $s --out runs/sets/sets88_${b}_s$s; done; done",
+             "deqkit train set_prediction --preset cpu_dspn --out runs/sets/props_dspn_s0",
+             f"PYTHONPATH=. python benchmarks/score_runs.py runs/sets/* --json {RESULTS}/{SETS_FILE}")
 SET_PROPS_FILE = "set_prediction_props_seeds.json"
 SET_PROPS_CMDS = ("for b in neumann unrolled; do for s in 0 1 2; do deqkit train set_prediction --preset cpu --seed $s "
                   "--set train.steps=4000 --set train.eval_every=500 --set train.ckpt_every=1000 --set test_iters=none "
                   "--set backward=$b --out runs/props/props_${b}_s$s; done; done",
                   f"PYTHONPATH=. python benchmarks/score_runs.py runs/props/* --json {RESULTS}/{SET_PROPS_FILE}")
-IA_CMDS = ("the runs and `benchmarks/interaction_asymmetry.py --runs ...` listed under Reproduce in "
-           "docs/interaction_asymmetry.md (the committed file has seed 0 of each slot attention arm only)",)
+IA_CMDS = ("the eleven runs and `benchmarks/interaction_asymmetry.py --runs ...` listed under Reproduce in "
+           "docs/interaction_asymmetry.md",)
 SA_CURVES = "PYTHONPATH=. python benchmarks/slot_attention.py --parts curves"
 SA_64 = ("PYTHONPATH=. python benchmarks/slot_attention.py --parts curves --full-size --iters 5 --steps 4000 "
          "--methods vanilla --json benchmarks/results/slot_attention_64px.json  # and --methods implicit",)
@@ -476,9 +462,11 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("T3-sa-long", "Chang et al., Table 3", "slot attention cpu preset, 12000 steps: val FG-ARI", PAPER_T3,
           ("slot_attention_long_vanilla_vs_implicit.json",), _long("fg_ari", "higher", 3), SA_LONG, True),
     Claim("T3-slate-mse", "Chang et al., Table 3", "SLATE cpu preset, 6000 steps: test slot MSE (sum per image)",
-          PAPER_MSE, ("slate_main.json",), _slate_group("mse", "lower", 1), SLATE_RUNS, True, SLATE_GPU),
+          PAPER_MSE, (SLATE_TEST_FILE,), _arms(SLATE_TEST_FILE, "neumann", "unrolled", "mse", "lower", 1), SLATE_RUNS,
+          True, SLATE_GPU),
     Claim("T3-slate-fgari", "Chang et al., Table 3", "SLATE cpu preset, same runs: test FG-ARI", PAPER_T3,
-          ("slate_main.json",), _slate_group("fg_ari", "higher", 3), SLATE_RUNS, True, SLATE_GPU),
+          (SLATE_TEST_FILE,), _arms(SLATE_TEST_FILE, "neumann", "unrolled", "fg_ari", "higher", 3), SLATE_RUNS, True,
+          SLATE_GPU),
     Claim("T3-slate-gpt", "Chang et al., Table 3", "SLATE cpu_gpt (image-GPT decoder), 5000 steps: test slot MSE",
           PAPER_MSE, ("slate_gpt_main.json",), _slate_gpt("mse", "lower", 1),
           ("deqkit train slate --preset cpu_gpt [--set backward=unrolled] --out runs/cpu-{neumann,unrolled}-gaussian-s0",
@@ -490,9 +478,10 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("T3-set-props-ap125", "(extension of Table 3)", "set prediction (properties), same runs: test AP@0.125 "
           "(the strictest distance threshold)", NOT_IN_PAPER, (SET_PROPS_FILE,),
           _arms(SET_PROPS_FILE, "props_neumann", "props_unrolled", "ap_0.125", "higher", 3), SET_PROPS_CMDS, True),
-    Claim("T3-set-sets", "(extension of Table 3)", "random sets 8x8, DSPN decoder, 4000 steps: test set loss",
-          NOT_IN_PAPER, ("set_prediction_test.json",), _set_prediction("sets88", "set_loss", "lower", 3), SET_CMDS,
-          True, ("deqkit train set_prediction --preset paper_sets [--set backward=unrolled]",)),
+    Claim("T3-set-sets", "(extension of Table 3)", "random sets 8x8, DSPN decoder, 4000 steps, 3 seeds: test set "
+          "loss", NOT_IN_PAPER, (SETS_FILE,),
+          _arms(SETS_FILE, "sets88_neumann", "sets88_unrolled", "set_loss", "lower", 3), SETS_CMDS, True,
+          ("deqkit train set_prediction --preset paper_sets [--set backward=unrolled]",)),
     Claim("IA-objects", "Brady et al. 2024, abstract", "a Transformer VAE with the interaction penalty discovers "
           "objects without slot attention, as well as slot attention does: FG-ARI", "object discovery (numbers not "
           "transcribed here)", ("interaction_asymmetry.json",), ia_vs_slot_attention, IA_CMDS, True),
