@@ -371,8 +371,8 @@ SLATE_RUNS = ("for s in 0 1 2; do deqkit train slate --set backward=neumann --se
               "PYTHONPATH=. python benchmarks/slate.py report runs/neumann-s* runs/unrolled-s* --name main",
               "PYTHONPATH=. python benchmarks/score_runs.py runs/neumann-s* runs/unrolled-s* "
               f"--json {RESULTS}/slate_main_test.json")
-SLATE_TEST_FILE = "slate_main_test.json"
-SLATE_GPT_FILE = "slate_gpt_test.json"  # cpu_gpt, 3 seeds per arm, all 1000 test images  # all 1000 test images; slate_main.json scores the first 128
+SLATE_TEST_FILE = "slate_main_test.json"  # all 1000 test images; slate_main.json scores the first 128
+SLATE_GPT_FILE = "slate_gpt_test.json"  # cpu_gpt, 3 seeds per arm, all 1000 test images
 SLATE_SHORT = ("S='--set train.steps=3000 --set tau_steps=1500 --set train.eval_every=1500 --set train.ckpt_every=1500 "
                "--set train.image_every=1500 --set train.log_every=25'; for b in neumann unrolled; do for i in 1 3 7; "
                "do deqkit train slate $S --set backward=$b --set iters=$i --out runs/short-$b-iters$i; done; "

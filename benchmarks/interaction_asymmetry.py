@@ -3,8 +3,9 @@
 Scores finished training runs (each trained by the CLI, ``python -m deqkit train ...``; the commands are in
 docs/interaction_asymmetry.md) on the same test images: FG-ARI of the models' masks (decoder attention for
 the VAE, alpha masks for slot attention), J-ARI and JIS from each decoder's Jacobian, MSE, and the cost of
-the forward-mode Jacobian, checked on one image against central differences in float64. Writes a rich table, a JSON and a side-by-side
-picture. ``--screening DIR...`` instead summarises short screening runs of the VAE into one JSON record.
+the forward-mode Jacobian, checked on one image against central differences in float64. Writes a rich
+table, a JSON and a side-by-side picture. ``--screening DIR...`` instead summarises short screening runs of
+the VAE into one JSON record.
 
 Run from the repository root:
 ``PYTHONPATH=. python benchmarks/interaction_asymmetry.py --runs ia=runs/ia implicit=runs/sa-implicit
