@@ -174,11 +174,27 @@ def part_report(args: argparse.Namespace) -> dict[str, Any]:
                     [[name, len(g["seeds"]), *(f"{g[m]['mean']:.3f} ± {g[m]['sd']:.3f}" for m in GROUP_METRICS)]
                      for name, g in groups.items()])
     if args.plots:
-        series = {name: ([s for s, _ in r["spectral_norm"]], [v for _, v in r["spectral_norm"]]) for name, r in runs.items()}
-        save_curves(Path(args.plots) / f"slate_{args.name}_spectral_norm.png", series,
+        save_curves(Path(args.plots) / f"slate_{args.name}_spectral_norm.png", spectral_series(runs),
                     title="SLATE: spectral norm of the slot attention step's Jacobian", xlabel="step",
                     ylabel="||J||_2 (power iteration)")
     return {"batches": args.batches, "runs": runs, "seed_groups": groups, "differences": group_differences(groups)}
+
+
+def spectral_series(runs: dict[str, dict[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
+    """One ‖J‖ curve per setting: the mean over its seeds at each logged step (a run alone keeps its name),
+    so a report of many seeds stays a readable plot."""
+    by_setting: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for name, run in runs.items():
+        by_setting.setdefault(_setting(run), []).append((name, run))
+    series = {}
+    for setting, members in by_setting.items():
+        curves = [dict((s, v) for s, v in run["spectral_norm"] if v is not None) for _, run in members]
+        steps = sorted(set.intersection(*(set(c) for c in curves)))
+        first = members[0][1]
+        label = members[0][0] if len(members) == 1 else (
+            f"{first['backward']} iters={first['iters']} clip={first['grad_clip']} ({len(members)} seeds)")
+        series[label] = (steps, [statistics.fmean(c[s] for c in curves) for s in steps])
+    return series
 
 
 GROUP_METRICS = ("ce", "ce_other_slots", "mse", "fg_ari", "miou", "fid_slots")

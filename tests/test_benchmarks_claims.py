@@ -100,3 +100,15 @@ def test_a_verdict_measured_in_parts_starts_with_a_verdict_word_decisive_first()
     mixed = combine([("at T=1", "no difference beyond the spread"), ("at T=7", "holds"),
                      ("at T=3", "no difference beyond the spread")])
     assert mixed == "holds at T=7; no difference beyond the spread at T=1, at T=3"
+
+
+def test_the_slate_report_plots_one_mean_curve_per_setting():
+    from benchmarks.slate import spectral_series
+
+    def run(seed: int, values: list[float]) -> dict:
+        return {"backward": "neumann", "iters": 3, "grad_clip": 1.0, "warmup": 200, "steps": 10, "seed": seed,
+                "spectral_norm": [(s, v) for s, v in zip((5, 10), values)]}
+
+    series = spectral_series({"a-s0": run(0, [1.0, 3.0]), "a-s1": run(1, [2.0, 5.0]),
+                              "b": {**run(0, [7.0, 7.0]), "iters": 7}})
+    assert series == {"neumann iters=3 clip=1.0 (2 seeds)": ([5, 10], [1.5, 4.0]), "b": ([5, 10], [7.0, 7.0])}
