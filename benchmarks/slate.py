@@ -186,13 +186,17 @@ def spectral_series(runs: dict[str, dict[str, Any]]) -> dict[str, tuple[list[int
     by_setting: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for name, run in runs.items():
         by_setting.setdefault(_setting(run), []).append((name, run))
+    def short(members: list[tuple[str, dict[str, Any]]]) -> str:
+        first = members[0][1]
+        return f"{first['backward']} iters={first['iters']} clip={first['grad_clip']}"
+
+    shorts = [short(members) for members in by_setting.values()]
     series = {}
     for setting, members in by_setting.items():
         curves = [dict((s, v) for s, v in run["spectral_norm"] if v is not None) for _, run in members]
         steps = sorted(set.intersection(*(set(c) for c in curves)))
-        first = members[0][1]
-        label = members[0][0] if len(members) == 1 else (
-            f"{first['backward']} iters={first['iters']} clip={first['grad_clip']} ({len(members)} seeds)")
+        name = short(members) if shorts.count(short(members)) == 1 else setting  # the full setting if ambiguous
+        label = members[0][0] if len(members) == 1 else f"{name} ({len(members)} seeds)"
         series[label] = (steps, [statistics.fmean(c[s] for c in curves) for s in steps])
     return series
 

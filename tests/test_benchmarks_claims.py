@@ -112,3 +112,7 @@ def test_the_slate_report_plots_one_mean_curve_per_setting():
     series = spectral_series({"a-s0": run(0, [1.0, 3.0]), "a-s1": run(1, [2.0, 5.0]),
                               "b": {**run(0, [7.0, 7.0]), "iters": 7}})
     assert series == {"neumann iters=3 clip=1.0 (2 seeds)": ([5, 10], [1.5, 4.0]), "b": ([5, 10], [7.0, 7.0])}
+    longer = spectral_series({"a-s0": run(0, [1.0, 3.0]), "a-s1": run(1, [2.0, 5.0]),
+                              "c-s0": {**run(0, [4.0, 4.0]), "warmup": 0}, "c-s1": {**run(1, [6.0, 6.0]), "warmup": 0}})
+    assert sorted(longer) == ["neumann iters=3 clip=1.0 warmup=0 steps=10 (2 seeds)",
+                              "neumann iters=3 clip=1.0 warmup=200 steps=10 (2 seeds)"]
