@@ -183,16 +183,14 @@ def part_report(args: argparse.Namespace) -> dict[str, Any]:
 def spectral_series(runs: dict[str, dict[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
     """One ‖J‖ curve per setting: the mean over its seeds at each logged step (a run alone keeps its name),
     so a report of many seeds stays a readable plot."""
-    by_setting: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    for name, run in runs.items():
-        by_setting.setdefault(_setting(run), []).append((name, run))
     def short(members: list[tuple[str, dict[str, Any]]]) -> str:
         first = members[0][1]
         return f"{first['backward']} iters={first['iters']} clip={first['grad_clip']}"
 
-    shorts = [short(members) for members in by_setting.values()]
+    settings = by_setting(runs)
+    shorts = [short(members) for members in settings.values()]
     series = {}
-    for setting, members in by_setting.items():
+    for setting, members in settings.items():
         curves = [dict((s, v) for s, v in run["spectral_norm"] if v is not None) for _, run in members]
         steps = sorted(set.intersection(*(set(c) for c in curves)))
         name = short(members) if shorts.count(short(members)) == 1 else setting  # the full setting if ambiguous
@@ -208,13 +206,19 @@ def _setting(run: dict[str, Any]) -> str:
     return f"{run['backward']} iters={run['iters']} clip={run['grad_clip']} warmup={run['warmup']} steps={run['steps']}"
 
 
+def by_setting(runs: dict[str, dict[str, Any]]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """``(name, run)`` pairs grouped by setting (everything but the seed), in the order the runs came."""
+    groups: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for name, run in runs.items():
+        groups.setdefault(_setting(run), []).append((name, run))
+    return groups
+
+
 def seed_groups(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Runs with the same setting and different seeds: mean and (sample) standard deviation per metric."""
-    by_setting: dict[str, list[dict[str, Any]]] = {}
-    for run in runs.values():
-        by_setting.setdefault(_setting(run), []).append(run)
     groups = {}
-    for name, members in by_setting.items():
+    for name, named in by_setting(runs).items():
+        members = [run for _, run in named]
         if len(members) < 2:
             continue
         group: dict[str, Any] = {"seeds": sorted(r["seed"] for r in members)}
